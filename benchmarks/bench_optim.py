@@ -1,0 +1,114 @@
+"""Training-step time of SAM vs SGD, measured side by side, and SAM's own overhead (ascent + restore).
+
+For each model both steps run interleaved in one process on the same batch (medians over repetitions). SAM's
+overhead is first_step + restore, timed on their own with the clean gradient in place, as a share of the SAM step.
+Goals: SAM/SGD ≤ 2.0 (two forward/backward passes) and overhead ≤ 3% of the SAM step.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samscale.models import mlp, resnet18
+from samscale.optim import SAM, sam_update
+
+BUDGET_S = 25.0  # per model, warm-up included; repetitions stop once it is spent
+MIN_REPETITIONS, MAX_REPETITIONS, WARMUP = 3, 50, 1
+
+
+class Timing(NamedTuple):
+    """Median seconds per SGD step, per SAM step and per SAM ascent + restore, over `repetitions` rounds."""
+
+    sgd_s: float
+    sam_s: float
+    ascent_restore_s: float
+    repetitions: int
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def sgd_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def ascent_and_restore(opt: SAM, calls: int = 5) -> float:
+    """Median seconds of first_step + restore over a few back-to-back calls (they are short)."""
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        opt.first_step()
+        opt.restore()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Timing:
+    """Time SGD and SAM steps (and SAM's ascent + restore) on copies of one model, interleaved round by round."""
+    hyper = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
+    sgd_model, sam_model = model, copy.deepcopy(model)
+    sgd = torch.optim.SGD(sgd_model.parameters(), **hyper)
+    sam = SAM(sam_model.parameters(), torch.optim.SGD, rho=0.05, **hyper)
+    probe_model = copy.deepcopy(model)
+    probe = SAM(probe_model.parameters(), torch.optim.SGD, rho=0.05, **hyper)
+    F.cross_entropy(probe_model(x), y).backward()  # a clean gradient for the overhead probe
+    times: dict[str, list[float]] = {"sgd": [], "sam": [], "overhead": []}
+    started = time.perf_counter()
+    for rep in range(WARMUP + MAX_REPETITIONS):
+        if rep >= WARMUP + MIN_REPETITIONS and time.perf_counter() - started > BUDGET_S:
+            break
+        sample = {
+            "sgd": timed(lambda: sgd_step(sgd_model, sgd, x, y)),
+            "sam": timed(lambda: sam_update(sam_model, F.cross_entropy, x, y, sam)),
+            "overhead": ascent_and_restore(probe),
+        }
+        if rep >= WARMUP:
+            for key, value in sample.items():
+                times[key].append(value)
+    return Timing(*(statistics.median(times[k]) for k in ("sgd", "sam", "overhead")), len(times["sam"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    torch.set_num_threads(parser.parse_args().threads)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    cases = [
+        ("mlp", mlp((300, 100), in_features=784, num_classes=10), torch.rand(128, 784, generator=gen)),
+        ("resnet18", resnet18(filters=16, num_classes=10), torch.randn(128, 3, 32, 32, generator=gen)),
+    ]
+    load = os.getloadavg()[0]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 128, median of interleaved steps "
+        f"(1-min load average {load:.1f} on {os.cpu_count()} CPUs: small ops slow down sharply when it exceeds them)"
+    )
+    print(f"{'model':<10}{'params':>10}{'reps':>6}{'SGD ms':>9}{'SAM ms':>9}{'SAM/SGD':>9}", end="")
+    print(f"{'ascent+restore ms':>19}{'share':>8}")
+    for name, model, x in cases:
+        model.train()
+        y = torch.randint(0, 10, (128,), generator=gen)
+        t = compare(model, x, y)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(
+            f"{name:<10}{n_params:>10,}{t.repetitions:>6}{1e3 * t.sgd_s:>9.2f}{1e3 * t.sam_s:>9.2f}"
+            f"{t.sam_s / t.sgd_s:>9.2f}{1e3 * t.ascent_restore_s:>19.3f}{t.ascent_restore_s / t.sam_s:>8.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""The `samscale` command line: thin wrappers that parse arguments, call the library and print."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from samscale.errors import ConfigError
+
+DEFAULT_WORKDIR = Path("runs")
+
+
+def _store(workdir: Path):
+    from samscale.study.executors import store_path_in
+    from samscale.study.store import RunStore
+
+    path = store_path_in(workdir)
+    if not path.exists():
+        raise ConfigError(f"no run store at {path}; train or sweep first, or pass --workdir")
+    return RunStore(path)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from samscale.study.spec import load_spec
+    from samscale.study.store import RunStore
+    from samscale.study.executors import store_path_in
+    from samscale.train.loop import train_run
+
+    spec = load_spec(args.config, args.set)
+    store = RunStore(store_path_in(args.workdir))
+    store.register(spec, study=args.study)
+    if not store.claim(spec.run_id, retry_failed=True):
+        print(f"run {spec.run_id} is {store.status(spec.run_id)}; nothing to do")
+        return 0
+    print(f"run {spec.run_id}: {spec.label()}  (store {store.path})")
+
+    def show(epoch: int, row: dict) -> None:
+        parts = [f"{key}={row[key]:.4f}" for key in ("train_loss", "train_acc", "val_acc", "test_acc") if key in row]
+        print(f"  epoch {epoch:>3}/{spec.train.epochs}  " + "  ".join(parts) + f"  ({row['seconds']:.1f}s)", flush=True)
+
+    try:
+        result = train_run(spec, store=store, workdir=args.workdir, on_epoch=show)
+    except BaseException as err:
+        store.finish(spec.run_id, "failed", error=repr(err))
+        raise
+    summary = {k: v for k, v in result.final.items() if k.startswith(("final_", "best_"))}
+    print(f"{result.status}: " + "  ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
+    return 0 if result.status == "complete" else 1
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    frame = _store(args.workdir).runs_frame(args.study)
+    if frame.empty:
+        print("no runs")
+        return 0
+    if args.status:
+        frame = frame[frame["status"] == args.status]
+    columns = ["run_id", "status", "label", "n_params", "epochs_done", "epochs", "final_train_loss",
+               "final_val_acc", "final_test_acc"]
+    with pd.option_context("display.max_rows", None, "display.width", 200):
+        print(frame[[c for c in columns if c in frame]].to_string(index=False))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from samscale.models.registry import LADDERS, describe_ladder
+
+    families = [args.family] if args.family else list(LADDERS)
+    for family in families:
+        print(f"{family}:")
+        for row in describe_ladder(family):
+            extra = "  ".join(f"{k}={v}" for k, v in row.items() if k not in ("size", "n_params"))
+            print(f"  size {str(row['size']):>8}  {row['n_params']:>12,d} params  {extra}")
+    return 0
+
+
+def _progress(total: int, done: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=done, unit="run", desc="sweep", dynamic_ncols=True)
+
+    def update(outcome, finished: int, _total: int) -> None:
+        bar.update(1)
+        bar.set_postfix_str(f"{outcome.status}: {outcome.label}")
+        if outcome.status == "failed":
+            bar.write(f"run {outcome.run_id} failed: {(outcome.error or '').strip().splitlines()[-1:]}")
+
+    return bar, update
+
+
+def run_sweep(study, workdir: Path, args: argparse.Namespace) -> int:
+    """Sweep a study with the executor chosen on the command line, showing progress with an ETA."""
+    from samscale.study.executors import make_executor
+    from samscale.study.store import FINISHED
+    from samscale.study.sweep import prepare, sweep
+
+    store, specs = prepare(study, workdir)
+    done = sum(store.status(spec.run_id) in FINISHED for spec in specs)
+    print(f"study {study.name!r}: {len(specs)} runs, {done} already finished; store {store.path}")
+    executor = make_executor(args.executor, workers=args.workers, threads=args.threads, address=args.address,
+                             gpus_per_run=args.gpus_per_run)
+    bar, update = _progress(len(specs), done)
+    with bar:
+        summary = sweep(study, workdir, executor, on_result=update)
+    counts = {s: summary.count(s) for s in ("complete", "diverged", "failed", "busy")}
+    print("sweep finished: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" ({summary.skipped} skipped)")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from samscale.study.study import load_study
+
+    study = load_study(args.study, args.budget)
+    workdir = args.out or DEFAULT_WORKDIR / study.name
+    status = run_sweep(study, workdir, args)
+    if not args.no_report:
+        print(f"report: {_report(workdir)}")
+    return status
+
+
+def _report(workdir: Path, command: str | None = None) -> Path:
+    from samscale.study.report_job import build_study_report
+
+    return build_study_report(workdir, command=command or " ".join(["samscale", *map(shlex.quote, sys.argv[1:])]))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(_report(args.path))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from samscale.recipes import RECIPES, FunctionRecipe, check_data, get_recipe
+
+    if args.list or not args.name:
+        for name, recipe in RECIPES.items():
+            print(f"{name:<20} {recipe.summary}")
+        return 0
+    recipe = get_recipe(args.name)
+    out = Path(args.out or Path("results") / f"{args.name}-{args.budget}")
+    if isinstance(recipe, FunctionRecipe):
+        print(f"report: {recipe.run(args.budget, out, on_progress=print)}")
+        return 0
+    status, reports = 0, []
+    for folder, study in recipe.studies(args.budget):
+        missing = check_data(study)
+        if missing:
+            print(f"samscale: skipping {study.name} at budget {args.budget!r}: its data are not available here.")
+            print(missing)
+            status = max(status, 2)
+            continue
+        status = max(status, run_sweep(study, out / folder, args))
+        reports.append(_report(out / folder))
+        print(f"report: {reports[-1]}")
+    if len(reports) > 1:
+        index = out / "index.md"
+        index.write_text("".join(f"- [{p.parent.parent.name}]({p.relative_to(out)})\n" for p in reports))
+        print(f"index of reports: {index}")
+    return status
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from samscale.analysis import analyze_target
+
+    results = analyze_target(args.target, workdir=args.workdir, what=args.what.split(","),
+                             n_examples=args.n_examples, out=args.out)
+    for name, value in results["scalars"].items():
+        print(f"{name:<24} {value:.6g}" if isinstance(value, float) else f"{name:<24} {value}")
+    print(f"written: {results['json']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samscale", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def workdir_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="folder of the run store and checkpoints")
+
+    p = sub.add_parser("train", help="train one run from a RunSpec YAML")
+    p.add_argument("config", type=Path)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. optim.rho=0.1")
+    p.add_argument("--study", default=None, help="also list the run under this study name")
+    workdir_option(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", help="table of the runs in a store")
+    p.add_argument("--study", default=None)
+    p.add_argument("--status", default=None)
+    workdir_option(p)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("models", help="the paper's model ladders with parameter counts")
+    p.add_argument("--family", default=None)
+    p.set_defaults(func=cmd_models)
+
+    def executor_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--executor", choices=("local", "serial", "ray"), default="local")
+        p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+        p.add_argument("--threads", type=int, default=None, help="torch threads per worker / CPUs per Ray task")
+        p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
+        p.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray: GPUs per run (fractions allowed)")
+
+    p = sub.add_parser("sweep", help="run a study's grid resumably")
+    p.add_argument("study", type=Path)
+    p.add_argument("--budget", default=None)
+    p.add_argument("--out", type=Path, default=None, help="work directory (default: runs/STUDY_NAME)")
+    p.add_argument("--no-report", action="store_true")
+    executor_options(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="build the report of a study's work directory")
+    p.add_argument("path", type=Path)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reproduce", help="reproduce one of the paper's experiments")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--budget", choices=("smoke", "cpu", "paper"), default="cpu")
+    p.add_argument("--out", type=Path, default=None)
+    executor_options(p)
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("analyze", help="Hessian analysis of a trained run or checkpoint")
+    p.add_argument("target", help="run id (or unique prefix) in --workdir, or a checkpoint path")
+    p.add_argument("--what", default="lambda_max,trace,moments", help="comma list: lambda_max,trace,moments,density")
+    p.add_argument("--n-examples", type=int, default=512)
+    p.add_argument("--out", type=Path, default=None)
+    workdir_option(p)
+    p.set_defaults(func=cmd_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, KeyError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"samscale: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

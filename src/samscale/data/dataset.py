@@ -1,0 +1,53 @@
+"""What `load_dataset` returns (Dataset) and what each source provides before the shared protocol (SourceDataset)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+
+from samscale.data.split import LabelledSplit, Split
+
+#: A batch-level training augmentation: (inputs, generator) -> augmented inputs of the same shape.
+Augmentation = Callable[[Tensor, torch.Generator], Tensor]
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Train/validation/test splits, preprocessed and ready to batch, with what a model and a report need to know.
+
+    `val` is carved from the official training set (seeded); `test` is the official test set. `source` says where
+    the data came from; `substitute_for` names the dataset this one stands in for, if any. `noisy_label_mask` marks
+    the training examples whose label was replaced (its mean is the realized noise rate). For "imagenet" the three
+    splits are lazily loaded `ImageFolderSplit`s (batch them with `make_loader`), not in-memory Splits.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    task: Task
+    num_classes: int | None
+    output_dim: int
+    input_shape: tuple[int, ...]
+    source: str
+    substitute_for: str | None = None
+    train_augment: Augmentation | None = None
+    noisy_label_mask: Tensor | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class SourceDataset:
+    """A source's official train and test splits and metadata, before validation carving, subsetting and noise."""
+
+    train: LabelledSplit
+    test: LabelledSplit
+    task: Task
+    num_classes: int | None
+    output_dim: int
+    input_shape: tuple[int, ...]
+    source: str
+    substitute_for: str | None = None
+    train_augment: Augmentation | None = None

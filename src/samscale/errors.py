@@ -1,0 +1,18 @@
+"""Errors samscale raises for bad input, each naming the bad value and what would be valid."""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A run or study configuration is invalid; the message names the field, the value and the valid choices."""
+
+
+def format_validation_error(err: "pydantic.ValidationError", prefix: str = "") -> str:  # noqa: F821
+    """Turn a pydantic ValidationError into one line per bad field: `field: problem (got value)`."""
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(part) for part in item["loc"])
+        where = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
+        got = item.get("input")
+        got_text = "" if item["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"{where}: {item['msg']}{got_text}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -1,0 +1,265 @@
+"""The run store: one SQLite file (WAL mode) holding every run, its per-epoch history and its analyses.
+
+Several processes may write one store at once (sweeps, workers): each write is a short transaction, and a run is
+claimed atomically before it is trained, so two sweeps never train the same run. Everything downstream (tables,
+selection, reports) reads the store only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from samscale.study.spec import RunSpec, flatten
+
+STATUSES = ("pending", "running", "complete", "diverged", "failed")
+FINISHED = ("complete", "diverged")
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'pending',
+    n_params    INTEGER,
+    epochs_done INTEGER NOT NULL DEFAULT 0,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    final       TEXT,
+    error       TEXT,
+    owner       TEXT,
+    heartbeat   REAL,
+    created     REAL NOT NULL,
+    updated     REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    run_id  TEXT NOT NULL,
+    epoch   INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS analysis (
+    run_id TEXT NOT NULL,
+    name   TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS study_runs (
+    study  TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    PRIMARY KEY (study, run_id)
+);
+"""
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_alive(owner: str | None) -> bool:
+    """Whether the process named `host:pid` may still be running (unknown hosts are assumed alive)."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, allow_nan=True)
+
+
+class RunStore:
+    """SQLite-backed store of runs. Safe for several writer processes; each method is one short transaction."""
+
+    def __init__(self, path: str | Path, *, stale_after_s: float = 600.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.stale_after_s = stale_after_s
+        db = sqlite3.connect(self.path, timeout=60.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+        finally:
+            db.close()
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=60000")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def register(self, spec: RunSpec, study: str | None = None, n_params: int | None = None) -> str:
+        """Add a run (pending) if it is new, and link it to `study`; returns its run_id."""
+        now = time.time()
+        run_id = spec.run_id
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO runs (run_id, spec, n_params, created, updated) VALUES (?, ?, ?, ?, ?)",
+                (run_id, spec.model_dump_json(), n_params, now, now),
+            )
+            db.execute("UPDATE runs SET spec = ? WHERE run_id = ?", (spec.model_dump_json(), run_id))
+            if n_params is not None:
+                db.execute("UPDATE runs SET n_params = ? WHERE run_id = ?", (n_params, run_id))
+            if study:
+                db.execute("INSERT OR IGNORE INTO study_runs (study, run_id) VALUES (?, ?)", (study, run_id))
+        return run_id
+
+    def claim(self, run_id: str, *, retry_failed: bool = True) -> bool:
+        """Atomically mark a run as running by this process, unless it is finished or held by a live owner.
+
+        A run left `running` by a process that died (same host, pid gone) or whose heartbeat is older than
+        `stale_after_s` (another host) is taken over, so a killed sweep's runs resume on the next sweep.
+        """
+        now = time.time()
+        claimable = ("pending", "failed") if retry_failed else ("pending",)
+        with self._connect() as db:
+            row = db.execute("SELECT status, owner, heartbeat FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"run {run_id!r} is not registered in {self.path}")
+            status, owner, heartbeat = row
+            if status == "running":
+                if _owner_alive(owner) and (heartbeat or 0) >= now - self.stale_after_s:
+                    return False
+            elif status not in claimable:
+                return False
+            db.execute(
+                "UPDATE runs SET status = 'running', owner = ?, heartbeat = ?, updated = ?, attempts = attempts + 1 "
+                "WHERE run_id = ?",
+                (_owner(), now, now, run_id),
+            )
+            return True
+
+    def heartbeat(self, run_id: str) -> None:
+        """Tell other sweeps this run is still alive."""
+        with self._connect() as db:
+            db.execute("UPDATE runs SET heartbeat = ? WHERE run_id = ?", (time.time(), run_id))
+
+    def record_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
+        """Store one epoch's metrics (idempotent: a resumed run rewrites the same epoch)."""
+        now = time.time()
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO history (run_id, epoch, metrics) VALUES (?, ?, ?)",
+                (run_id, epoch, _dumps(metrics)),
+            )
+            db.execute(
+                "UPDATE runs SET epochs_done = MAX(epochs_done, ?), heartbeat = ?, updated = ? WHERE run_id = ?",
+                (epoch, now, now, run_id),
+            )
+
+    def finish(self, run_id: str, status: str, final: dict[str, Any] | None = None, error: str | None = None) -> None:
+        """Mark a run complete, diverged or failed, with its final summary metrics or error text."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, final = ?, error = ?, owner = NULL, updated = ? WHERE run_id = ?",
+                (status, _dumps(final) if final is not None else None, error, time.time(), run_id),
+            )
+
+    def record_analysis(self, run_id: str, name: str, value: Any) -> None:
+        """Store one JSON-serializable analysis result of a run (e.g. lambda_max)."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO analysis (run_id, name, value) VALUES (?, ?, ?)", (run_id, name, _dumps(value))
+            )
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def _rows(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        db = sqlite3.connect(self.path, timeout=60.0)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA busy_timeout=60000")
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+    def status(self, run_id: str) -> str | None:
+        """The run's status, or None if the store does not know it."""
+        rows = self._rows("SELECT status FROM runs WHERE run_id = ?", (run_id,))
+        return rows[0]["status"] if rows else None
+
+    def spec(self, run_id: str) -> RunSpec:
+        """The RunSpec a run was registered with."""
+        rows = self._rows("SELECT spec FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            raise KeyError(f"no run {run_id!r} in {self.path}")
+        return RunSpec.model_validate_json(rows[0]["spec"])
+
+    def find(self, prefix: str) -> str:
+        """Resolve a unique run_id prefix to the full id."""
+        rows = self._rows("SELECT run_id FROM runs WHERE run_id LIKE ?", (prefix + "%",))
+        if len(rows) != 1:
+            found = "no run" if not rows else f"{len(rows)} runs"
+            raise KeyError(f"{found} with id starting {prefix!r} in {self.path}")
+        return rows[0]["run_id"]
+
+    def history(self, run_id: str) -> pd.DataFrame:
+        """Per-epoch metrics of one run, one row per epoch."""
+        rows = self._rows("SELECT epoch, metrics FROM history WHERE run_id = ? ORDER BY epoch", (run_id,))
+        return pd.DataFrame([{"epoch": r["epoch"], **json.loads(r["metrics"])} for r in rows])
+
+    def studies(self) -> list[str]:
+        """Names of the studies with runs in this store."""
+        return [r["study"] for r in self._rows("SELECT DISTINCT study FROM study_runs ORDER BY study")]
+
+    def runs_frame(self, study: str | None = None) -> pd.DataFrame:
+        """One row per run: run_id, status, flattened spec fields (dotted), n_params, final metrics, analyses."""
+        if study is None:
+            rows = self._rows("SELECT * FROM runs ORDER BY created")
+        else:
+            rows = self._rows(
+                "SELECT runs.* FROM runs JOIN study_runs USING (run_id) WHERE study = ? ORDER BY created", (study,)
+            )
+        analyses: dict[str, dict[str, Any]] = {}
+        for r in self._rows("SELECT run_id, name, value FROM analysis"):
+            analyses.setdefault(r["run_id"], {})[f"analysis.{r['name']}"] = json.loads(r["value"])
+        records = []
+        for r in rows:
+            spec = RunSpec.model_validate_json(r["spec"])
+            record: dict[str, Any] = {"run_id": r["run_id"], "status": r["status"], "label": spec.label()}
+            record.update(flatten(spec.model_dump(mode="json")))
+            record.update(n_params=r["n_params"], epochs=spec.train.epochs, epochs_done=r["epochs_done"],
+                          attempts=r["attempts"])
+            record.update(json.loads(r["final"]) if r["final"] else {})
+            record["error"] = r["error"]
+            record.update(analyses.get(r["run_id"], {}))
+            records.append(record)
+        frame = pd.DataFrame(records)
+        for column in [f"{kind}_{m}" for kind in ("final", "best") for m in METRICS]:
+            if column not in frame and not frame.empty:
+                frame[column] = float("nan")
+        return frame

@@ -1,0 +1,38 @@
+"""Theory of stochastic unnormalized SAM: linear-stability bounds and linearized dynamics, convergence rates."""
+from samscale.theory.convergence import (
+    LeastSquaresConstants,
+    least_squares_constants,
+    run_usam_least_squares,
+    usam_rate,
+    usam_step_size,
+)
+from samscale.theory.stability import (
+    StabilityBounds,
+    exact_mean_square_stability,
+    sgd_s2_bound,
+    sgd_sharpness_bound,
+    simulate_linearized,
+    sufficient_stability,
+    usam_s2_bound,
+    usam_s3_bound,
+    usam_s4_bound,
+    usam_sharpness_bound,
+)
+
+__all__ = [
+    "LeastSquaresConstants",
+    "StabilityBounds",
+    "exact_mean_square_stability",
+    "least_squares_constants",
+    "run_usam_least_squares",
+    "sgd_s2_bound",
+    "sgd_sharpness_bound",
+    "simulate_linearized",
+    "sufficient_stability",
+    "usam_rate",
+    "usam_s2_bound",
+    "usam_s3_bound",
+    "usam_s4_bound",
+    "usam_sharpness_bound",
+    "usam_step_size",
+]

@@ -1,0 +1,336 @@
+"""One run, top to bottom: data → model → optimizer → epochs of (train, evaluate, checkpoint) → final summary.
+
+`train_run(spec)` is the only entry point. It resumes from the run's checkpoint when one exists, records each epoch
+in the store (when given one), ends with status `diverged` instead of crashing on a non-finite loss, and is
+deterministic on CPU for a given RunSpec.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from samscale.data import Dataset, ImageFolderSplit, Split, load_dataset, make_loader
+from samscale.models.registry import build_model, count_params
+from samscale.optim import SAM, sam_update
+from samscale.sparsity import MaskEnforcer, make_masks
+from samscale.study.spec import DataSpec, RunSpec
+from samscale.study.store import RunStore
+from samscale.train.checkpoint import load_checkpoint, save_checkpoint
+from samscale.train.metrics import EpochMeter, evaluate
+from samscale.train.schedule import lr_multiplier
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class RunResult:
+    """What a run ended with: status (complete, diverged), final summary metrics and per-epoch history."""
+
+    run_id: str
+    status: str
+    final: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@lru_cache(maxsize=4)
+def _cached_dataset(data_json: str) -> Dataset:
+    data = DataSpec.model_validate_json(data_json)
+    return load_dataset(
+        data.name,
+        val_size=data.val_size,
+        split_seed=data.split_seed,
+        train_subset=data.train_subset,
+        label_noise=data.label_noise,
+        noise_seed=data.noise_seed,
+        augment=data.augment,
+        **data.options,
+    )
+
+
+def dataset_for(spec: RunSpec) -> Dataset:
+    """The run's dataset (loaded once per process and data configuration)."""
+    return _cached_dataset(spec.data.model_dump_json())
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def loss_function(dataset: Dataset) -> Callable[[Tensor, Tensor], Tensor]:
+    """Cross-entropy for classification, mean squared error for regression (mean over the batch)."""
+    if dataset.task == "classification":
+        return F.cross_entropy
+    return lambda output, target: F.mse_loss(output.reshape(target.shape), target)
+
+
+def build_optimizer(spec: RunSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The base optimizer, wrapped in SAM/USAM/ASAM when the spec asks for it (authors' coupled weight decay)."""
+    o = spec.optim
+    if o.base == "sgd":
+        base_cls: type[torch.optim.Optimizer] = torch.optim.SGD
+        kwargs: dict[str, Any] = dict(lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+    else:
+        base_cls = torch.optim.Adam if o.base == "adam" else torch.optim.AdamW
+        kwargs = dict(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    if not o.is_sam:
+        return base_cls(params, **kwargs)
+    return SAM(
+        params,
+        base_cls,
+        rho=o.rho,
+        normalize=o.name != "usam",
+        adaptive=o.name == "asam",
+        eta=o.asam_eta,
+        **kwargs,
+    )
+
+
+def build_model_for(spec: RunSpec, dataset: Dataset) -> nn.Module:
+    """The spec's model, sized for the dataset's input shape and output dimension, initialized from the run seed."""
+    torch.manual_seed(spec.train.seed)
+    return build_model(
+        spec.model.family,
+        spec.model.size,
+        input_shape=tuple(dataset.input_shape),
+        num_classes=dataset.output_dim,
+        **spec.model.options,
+    )
+
+
+def _split_to(split: Split | ImageFolderSplit, device: torch.device) -> Split | ImageFolderSplit:
+    """In-memory splits move to the device once; image folders stay on disk and stream."""
+    if isinstance(split, Split) and split.x.device != device:
+        return Split(split.x.to(device), split.y.to(device))
+    return split
+
+
+def _head(split: Split | ImageFolderSplit, n: int) -> Split | ImageFolderSplit:
+    """The first `n` examples of a split, without training augmentation."""
+    if isinstance(split, ImageFolderSplit):
+        return split.subset(torch.arange(min(n, len(split)))).as_eval()
+    return Split(split.x[:n], split.y[:n])
+
+
+class _Run:
+    """The mutable state of one run between epochs (kept together so checkpoints capture all of it)."""
+
+    def __init__(self, spec: RunSpec, device: torch.device):
+        self.spec = spec
+        self.device = device
+        self.dataset = dataset_for(spec)
+        self.loss_fn = loss_function(self.dataset)
+        self.train_split = _split_to(self.dataset.train, device)
+        self.eval_splits = {
+            name: _split_to(split, device)
+            for name, split in (("val", self.dataset.val), ("test", self.dataset.test))
+            if len(split) > 0
+        }
+        self.model = build_model_for(spec, self.dataset).to(device)
+        if spec.runtime.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.n_params = count_params(self.model)
+        self.generator = torch.Generator().manual_seed(spec.train.seed + 1_000_003)
+        self.optimizer = build_optimizer(spec, list(self.model.parameters()))
+        masks = self._make_masks()
+        if masks is not None:  # pruned weights get zero gradients and are re-zeroed after every base step
+            base = self.optimizer.base_optimizer if isinstance(self.optimizer, SAM) else self.optimizer
+            MaskEnforcer(self.model, masks).attach(base)
+        self.loader = make_loader(
+            self.train_split,
+            spec.train.batch_size,
+            shuffle=True,
+            generator=self.generator,
+            augment=self.dataset.train_augment if spec.data.augment else None,
+        )
+        multiplier = lr_multiplier(spec.schedule, spec.train.epochs, len(self.loader))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
+        self.forward = torch.compile(self.model) if spec.runtime.compile else self.model
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+
+    def _make_masks(self) -> dict[str, Tensor] | None:
+        """Pruning masks at initialization (None for dense runs); deterministic in the run seed."""
+        sparsity = self.spec.sparsity
+        if sparsity.method == "none":
+            return None
+        batch = None
+        if sparsity.method == "snip":
+            generator = torch.Generator().manual_seed(self.spec.train.seed + 2_000_003)
+            first = next(iter(make_loader(self.train_split, self.spec.train.batch_size, shuffle=True,
+                                          generator=generator)))
+            batch = tuple(t.to(self.device) for t in first)
+        return make_masks(
+            self.model,
+            sparsity.method,
+            sparsity.sparsity,
+            generator=torch.Generator().manual_seed(self.spec.train.seed + 3_000_017),
+            batch=batch,
+            loss_fn=self.loss_fn,
+        )
+
+    # -- checkpoint state ------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "run_id": self.spec.run_id,
+            "spec": self.spec.model_dump_json(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": self.history,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+
+    # -- one epoch -------------------------------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the training set; returns the running mean loss/accuracy of the clean passes."""
+        self.model.train()
+        meter = EpochMeter(classification=self.dataset.task == "classification")
+        autocast = _autocast(self.spec, self.device)
+        for x, y in self.loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.spec.runtime.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                if isinstance(self.optimizer, SAM):
+                    loss, output = sam_update(self.forward, self.loss_fn, x, y, self.optimizer, m=self.spec.optim.m)
+                else:
+                    output = self.forward(x)
+                    loss = self.loss_fn(output, y)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+            self.scheduler.step()
+            meter.update(loss, output.detach(), y)
+        return meter.result(prefix="train_")
+
+    def evaluate(self, split: Split | ImageFolderSplit, prefix: str) -> dict[str, float]:
+        """Loss (and accuracy) of the current model over a whole split, in eval mode."""
+        loader = make_loader(split, self.spec.runtime.eval_batch_size, shuffle=False)
+        return evaluate(self.forward, loader, self.loss_fn, self.device, prefix=prefix)
+
+    def evaluate_all(self) -> dict[str, float]:
+        """Validation and test metrics of the current model."""
+        metrics: dict[str, float] = {}
+        for name, split in self.eval_splits.items():
+            metrics.update(self.evaluate(split, prefix=f"{name}_"))
+        return metrics
+
+
+def _autocast(spec: RunSpec, device: torch.device):
+    if spec.runtime.bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def checkpoint_path(workdir: str | Path, run_id: str) -> Path:
+    """Where a run's last checkpoint lives under a work directory."""
+    return Path(workdir) / "checkpoints" / f"{run_id}.pt"
+
+
+def train_run(
+    spec: RunSpec,
+    *,
+    store: RunStore | None = None,
+    workdir: str | Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    max_epochs: int | None = None,
+) -> RunResult:
+    """Train one run to completion (or divergence), resuming from its checkpoint under `workdir` if present.
+
+    `max_epochs` stops early after that many epochs in this call (the run stays resumable); used to test resume.
+    """
+    if spec.runtime.threads:
+        torch.set_num_threads(spec.runtime.threads)
+    device = resolve_device(spec.runtime.device)
+    run = _Run(spec, device)
+    run_id = spec.run_id
+    ckpt = checkpoint_path(workdir, run_id) if workdir is not None else None
+    if ckpt is not None and (state := load_checkpoint(ckpt)) is not None:
+        run.restore(state)
+    if store is not None:
+        store.register(spec, n_params=run.n_params)
+        for row in run.history:  # a crash between checkpoint and store write loses nothing
+            store.record_epoch(run_id, int(row["epoch"]), row)
+
+    status = "complete"
+    epochs_this_call = 0
+    while run.epoch < spec.train.epochs:
+        if max_epochs is not None and epochs_this_call >= max_epochs:
+            return RunResult(run_id, "running", {}, run.history)
+        started = time.perf_counter()
+        metrics = run.train_epoch()
+        run.epoch += 1
+        epochs_this_call += 1
+        if not math.isfinite(metrics["train_loss"]):
+            status = "diverged"
+            row = {"epoch": run.epoch, **metrics}
+            run.history.append(row)
+            if store is not None:
+                store.record_epoch(run_id, run.epoch, row)
+            break
+        metrics.update(run.evaluate_all())
+        row = {"epoch": run.epoch, "lr": run.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started}
+        row.update(metrics)
+        run.history.append(row)
+        if ckpt is not None:
+            save_checkpoint(ckpt, run.state())
+        if store is not None:
+            store.record_epoch(run_id, run.epoch, row)
+        if on_epoch is not None:
+            on_epoch(run.epoch, row)
+
+    final = summarize_history(run.history, classification=run.dataset.task == "classification")
+    final["n_params"] = run.n_params
+    final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in run.model.parameters()))
+    final["data_source"] = run.dataset.source
+    final["substitute_for"] = run.dataset.substitute_for
+    if status == "complete":
+        final.update(run.evaluate(_head(run.train_split, spec.runtime.train_eval_size), prefix="final_train_"))
+        if spec.analysis.what:
+            from samscale.analysis import analyze_model, scalar_summary
+
+            report = analyze_model(spec, run.model, run.dataset, run.loss_fn)
+            final.update({f"analysis.{name}": value for name, value in scalar_summary(report).items()})
+    if store is not None:
+        store.finish(run_id, status, final)
+    if ckpt is not None and status == "complete":
+        save_checkpoint(ckpt, run.state())
+    return RunResult(run_id, status, final, run.history)
+
+
+def summarize_history(history: list[dict[str, float]], *, classification: bool) -> dict[str, Any]:
+    """Final-epoch metrics and the metrics at the epoch of best validation (accuracy, or loss for regression)."""
+    if not history:
+        return {}
+    last = history[-1]
+    final = {f"final_{key}": value for key, value in last.items() if key not in ("epoch", "lr", "seconds")}
+    final["epochs_done"] = int(last["epoch"])
+    scored = [row for row in history if "val_loss" in row]
+    if scored:
+        if classification:
+            best = max(scored, key=lambda row: row["val_acc"])
+        else:
+            best = min(scored, key=lambda row: row["val_loss"])
+        final["best_epoch"] = int(best["epoch"])
+        final.update({f"best_{key}": best[key] for key in best if key.startswith(("val_", "test_"))})
+    return final

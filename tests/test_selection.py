@@ -1,0 +1,297 @@
+"""Selection of ρ* and baselines on validation, gains and their statistics, on hand-built runs frames."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from samscale.errors import ConfigError
+from samscale.study.selection import SelectionRule, rho_table, select, summarize, t_quantile_975
+
+NAN = math.nan
+
+
+def run(optim: str, size: float, seed: int, *, rho: float = 0.0, val: float = NAN, test: float = NAN,
+        status: str = "complete", lr: float = 0.1, noise: float = 0.0, train_loss: float = 0.01,
+        n_params: int | None = None, **extra) -> dict:
+    """One runs-frame row as the store produces it (final and best-epoch metrics equal unless overridden)."""
+    row = {
+        "run_id": f"{optim}-k{size}-r{rho}-lr{lr}-n{noise}-s{seed}",
+        "status": status,
+        "model.family": "mlp", "model.size": size, "optim.name": optim, "optim.rho": rho, "optim.lr": lr,
+        "train.seed": seed, "data.name": "mnist", "data.label_noise": noise, "sparsity.sparsity": 0.0,
+        "n_params": int(1000 * size) if n_params is None else n_params, "epochs": 10, "epochs_done": 10,
+        "final_train_loss": train_loss, "final_train_acc": 1.0,
+        "final_val_loss": 1 - val, "final_val_acc": val, "final_test_loss": 1 - test, "final_test_acc": test,
+        "best_epoch": 10, "best_val_acc": val, "best_val_loss": 1 - val, "best_test_acc": test,
+        "best_test_loss": 1 - test,
+    }
+    row.update(extra)
+    return row
+
+
+def frame(*rows: dict) -> pd.DataFrame:
+    return pd.DataFrame(list(rows))
+
+
+RULE = SelectionRule()
+
+
+def test_rho_star_is_chosen_on_validation_not_on_test():
+    runs = frame(
+        run("sgd", 1, 0, val=0.90, test=0.90),
+        run("sam", 1, 0, rho=0.01, val=0.95, test=0.91),  # best on validation
+        run("sam", 1, 0, rho=0.10, val=0.93, test=0.97),  # best on test: must not be chosen
+    )
+    row = select(runs, RULE).iloc[0]
+    assert row["rho_star"] == 0.01
+    assert row["treatment_test_acc"] == pytest.approx(91.0)
+    assert row["baseline_test_acc"] == pytest.approx(90.0)
+    assert row["gain"] == pytest.approx(1.0)  # percentage points: (0.91 - 0.90) * 100
+    assert row["treatment_val_acc"] == pytest.approx(95.0)
+    assert row["treatment_run_id"] == "sam-k1-r0.01-lr0.1-n0.0-s0"
+    assert (row["treatment_n_complete"], row["baseline_n_complete"]) == (2, 1)
+
+
+def test_loss_gain_is_baseline_minus_treatment_and_loss_is_minimized():
+    rule = SelectionRule(select_by="val_loss", metric="test_loss")
+    runs = frame(
+        run("sgd", 1, 0, final_val_loss=0.6, final_test_loss=0.50, final_val_acc=NAN, final_test_acc=NAN),
+        run("sam", 1, 0, rho=0.02, final_val_loss=0.30, final_test_loss=0.40, final_val_acc=NAN, final_test_acc=NAN),
+        run("sam", 1, 0, rho=0.05, final_val_loss=0.20, final_test_loss=0.45, final_val_acc=NAN, final_test_acc=NAN),
+    )
+    row = select(runs, rule).iloc[0]
+    assert row["rho_star"] == 0.05  # smallest validation loss
+    assert row["treatment_test_loss"] == pytest.approx(0.45)  # losses are not rescaled
+    assert row["gain"] == pytest.approx(0.50 - 0.45)
+
+
+def test_negative_gain_when_sam_is_worse():
+    runs = frame(run("sgd", 1, 0, val=0.9, test=0.92), run("sam", 1, 0, rho=0.05, val=0.9, test=0.905))
+    assert select(runs, RULE).iloc[0]["gain"] == pytest.approx(-1.5)
+
+
+def test_best_epoch_rule_reads_the_early_stopping_columns():
+    runs = frame(
+        run("sgd", 1, 0, val=0.90, test=0.90, best_val_acc=0.91, best_test_acc=0.93),
+        run("sam", 1, 0, rho=0.01, val=0.95, test=0.95, best_val_acc=0.92, best_test_acc=0.94),
+        run("sam", 1, 0, rho=0.10, val=0.80, test=0.80, best_val_acc=0.96, best_test_acc=0.96),
+    )
+    final = select(runs, RULE).iloc[0]
+    best = select(runs, SelectionRule(epoch="best")).iloc[0]
+    assert (final["rho_star"], final["gain"]) == (0.01, pytest.approx(5.0))
+    assert (best["rho_star"], best["gain"]) == (0.10, pytest.approx(3.0))  # 96 - 93
+
+
+def test_baseline_with_several_configurations_is_tuned_on_validation():
+    runs = frame(
+        run("sgd", 1, 0, lr=0.1, val=0.90, test=0.95),   # best test, worse validation
+        run("sgd", 1, 0, lr=0.05, val=0.92, test=0.89),  # chosen
+        run("sam", 1, 0, rho=0.05, val=0.93, test=0.91),
+    )
+    row = select(runs, RULE).iloc[0]
+    assert row["baseline_run_id"] == "sgd-k1-r0.0-lr0.05-n0.0-s0"
+    assert row["baseline_test_acc"] == pytest.approx(89.0)
+    assert row["gain"] == pytest.approx(2.0)
+    assert row["baseline_n_complete"] == 2
+
+
+def test_diverged_runs_are_counted_but_never_selected():
+    runs = frame(
+        run("sgd", 1, 0, val=0.90, test=0.90),
+        run("sam", 1, 0, rho=0.05, val=0.91, test=0.92),
+        run("sam", 1, 0, rho=0.50, val=0.99, test=0.99, status="diverged"),  # best numbers, but it diverged
+        run("sgd", 2, 0, val=0.90, test=0.90),
+        run("sam", 2, 0, rho=0.50, val=0.99, test=0.99, status="diverged"),  # the only SAM run of size 2
+    )
+    selected = select(runs, RULE)
+    small, large = selected.iloc[0], selected.iloc[1]
+    assert small["rho_star"] == 0.05 and small["gain"] == pytest.approx(2.0)
+    assert (small["treatment_n_complete"], small["treatment_n_diverged"]) == (1, 1)
+    assert pd.isna(large["treatment_run_id"]) and pd.isna(large["rho_star"]) and math.isnan(large["gain"])
+    summary = summarize(selected, RULE, expected_seeds=1)
+    assert list(summary["n_seeds"]) == [1, 0]
+    assert list(summary["partial"]) == [False, True]  # size 2 lacks a usable seed; size 1 is finished
+    table = rho_table(runs, RULE)
+    diverged = table[(table["model.size"] == 1) & (table["optim.rho"] == 0.5)].iloc[0]
+    assert diverged["n_diverged"] == 1 and diverged["n_seeds"] == 0 and math.isnan(diverged["val_acc_mean"])
+
+
+def test_ties_on_validation_go_to_the_smaller_rho():
+    runs = frame(
+        run("sgd", 1, 0, val=0.9, test=0.9),
+        run("sam", 1, 0, rho=0.2, val=0.95, test=0.93),
+        run("sam", 1, 0, rho=0.05, val=0.95, test=0.91),
+    )
+    assert select(runs, RULE).iloc[0]["rho_star"] == 0.05
+
+
+def test_group_by_keeps_noise_levels_apart_and_is_required_when_they_differ():
+    runs = frame(
+        run("sgd", 1, 0, noise=0.0, val=0.90, test=0.90),
+        run("sam", 1, 0, noise=0.0, rho=0.05, val=0.91, test=0.91),
+        run("sgd", 1, 0, noise=0.4, val=0.60, test=0.60),
+        run("sam", 1, 0, noise=0.4, rho=0.05, val=0.70, test=0.72),
+    )
+    with pytest.raises(ConfigError, match="data.label_noise"):
+        select(runs, RULE)
+    rule = SelectionRule(group_by=["data.label_noise"])
+    selected = select(runs, rule)
+    gains = dict(zip(selected["data.label_noise"], selected["gain"]))
+    assert gains == {0.0: pytest.approx(1.0), 0.4: pytest.approx(12.0)}
+    summary = summarize(selected, rule)
+    assert list(summary["data.label_noise"]) == [0.0, 0.4]
+    assert list(summary["gain_mean"]) == [pytest.approx(1.0), pytest.approx(12.0)]
+
+
+def test_summarize_mean_std_and_t_interval_by_hand():
+    gains3 = [1.0, 2.0, 4.0]
+    gains5 = [0.5, 1.5, 1.0, 3.0, 2.0]
+    rows = []
+    for size, gains in ((1, gains3), (4, gains5)):
+        for seed, gain in enumerate(gains):
+            rows.append(run("sgd", size, seed, val=0.5, test=0.5, train_loss=0.1 * (seed + 1)))
+            rows.append(run("sam", size, seed, rho=[0.01, 0.05, 0.2][seed % 3], val=0.5, test=0.5 + gain / 100,
+                            train_loss=0.2))
+    summary = summarize(select(frame(*rows), RULE), RULE)
+    small, large = summary.iloc[0], summary.iloc[1]
+    mean3 = 7 / 3
+    std3 = math.sqrt(((1 - mean3) ** 2 + (2 - mean3) ** 2 + (4 - mean3) ** 2) / 2)
+    assert small["gain_mean"] == pytest.approx(mean3)
+    assert small["gain_std"] == pytest.approx(std3)
+    assert small["gain_ci95"] == pytest.approx(4.3027 * std3 / math.sqrt(3), rel=1e-4)
+    mean5 = 8 / 5
+    std5 = math.sqrt(sum((g - mean5) ** 2 for g in gains5) / 4)
+    assert large["gain_mean"] == pytest.approx(mean5)
+    assert large["gain_ci95"] == pytest.approx(2.7764 * std5 / math.sqrt(5), rel=1e-4)
+    assert small["rho_star_seeds"] == [0.01, 0.05, 0.2] and small["rho_star_median"] == 0.05
+    assert large["rho_star_seeds"] == [0.01, 0.05, 0.2, 0.01, 0.05] and large["rho_star_median"] == 0.05
+    assert small["baseline_test_acc_mean"] == pytest.approx(50.0)
+    assert small["treatment_test_acc_mean"] == pytest.approx(50.0 + mean3)
+    assert small["baseline_train_loss_mean"] == pytest.approx(0.2)  # (0.1 + 0.2 + 0.3) / 3
+    assert small["baseline_train_loss_std"] == pytest.approx(0.1)
+    assert small["gain_seeds"] == pytest.approx(gains3) and small["seeds"] == [0, 1, 2]
+    assert (small["n_params"], small["n_seeds"], large["n_seeds"]) == (1000, 3, 5)
+    assert not summary["partial"].any()
+
+
+def test_one_seed_has_zero_std_and_no_interval():
+    runs = frame(run("sgd", 1, 0, val=0.9, test=0.9), run("sam", 1, 0, rho=0.05, val=0.9, test=0.93))
+    row = summarize(select(runs, RULE), RULE).iloc[0]
+    assert row["gain_mean"] == pytest.approx(3.0) and row["gain_std"] == 0.0 and math.isnan(row["gain_ci95"])
+
+
+def test_partial_when_runs_are_unfinished_or_seeds_are_missing():
+    rows = []
+    for size, seeds in ((1, 3), (2, 3), (4, 2)):
+        for seed in range(seeds):
+            rows.append(run("sgd", size, seed, val=0.9, test=0.9))
+            rows.append(run("sam", size, seed, rho=0.05, val=0.9, test=0.91))
+    rows.append(run("sam", 2, 0, rho=0.2, status="running"))  # unfinished extra ρ at size 2
+    rows.append(run("sam", 1, 0, rho=0.9, status="diverged"))  # diverged: finished, not partial
+    summary = summarize(select(frame(*rows), RULE), RULE, expected_seeds=3)
+    assert list(summary["model.size"]) == [1, 2, 4]
+    assert list(summary["partial"]) == [False, True, True]
+    assert list(summary["n_unfinished"]) == [0, 1, 0]
+    assert list(summary["n_diverged"]) == [1, 0, 0]
+    assert list(summary["n_seeds"]) == [3, 3, 2]
+    no_expectation = summarize(select(frame(*rows), RULE), RULE)
+    assert list(no_expectation["partial"]) == [False, True, False]
+
+
+def test_pending_treatment_leaves_the_seed_unpaired():
+    runs = frame(run("sgd", 1, 0, val=0.9, test=0.9), run("sam", 1, 0, rho=0.05, status="pending"),
+                 run("sgd", 1, 1, val=0.9, test=0.9), run("sam", 1, 1, rho=0.05, val=0.9, test=0.92))
+    selected = select(runs, RULE)
+    assert selected["gain"].isna().tolist() == [True, False]
+    row = summarize(selected, RULE).iloc[0]
+    assert (row["n_seeds"], row["gain_mean"], row["partial"]) == (1, pytest.approx(2.0), True)
+
+
+def test_rho_table_means_validation_over_seeds_and_counts_choices():
+    runs = frame(
+        run("sgd", 1, 0, val=0.9, test=0.9), run("sgd", 1, 1, val=0.9, test=0.9),
+        run("sam", 1, 0, rho=0.01, val=0.80, test=0.8), run("sam", 1, 1, rho=0.01, val=0.96, test=0.8),
+        run("sam", 1, 0, rho=0.10, val=0.90, test=0.8), run("sam", 1, 1, rho=0.10, val=0.92, test=0.8),
+    )
+    table = rho_table(runs, RULE).set_index("optim.rho")
+    assert table.loc[0.01, "val_acc_mean"] == pytest.approx(88.0)
+    assert table.loc[0.10, "val_acc_mean"] == pytest.approx(91.0)
+    assert table.loc[0.01, "val_acc_std"] == pytest.approx(np.std([80.0, 96.0], ddof=1))
+    assert table.loc[0.01, "n_chosen"] == 1 and table.loc[0.10, "n_chosen"] == 1  # seed 1 picks 0.01, seed 0 0.10
+    assert list(table["n_seeds"]) == [2, 2]
+
+
+def test_analysis_columns_follow_the_chosen_runs_and_settings_are_ignored():
+    runs = frame(
+        run("sgd", 1, 0, val=0.9, test=0.9, **{"analysis.lambda_max": 40.0, "analysis.n_examples": 1024}),
+        run("sam", 1, 0, rho=0.01, val=0.8, test=0.9, **{"analysis.lambda_max": 30.0, "analysis.n_examples": 1024}),
+        run("sam", 1, 0, rho=0.05, val=0.9, test=0.9, **{"analysis.lambda_max": 12.5, "analysis.n_examples": 1024}),
+    )
+    selected = select(runs, RULE)
+    row = selected.iloc[0]
+    assert (row["baseline_analysis.lambda_max"], row["treatment_analysis.lambda_max"]) == (40.0, 12.5)
+    assert "treatment_analysis.n_examples" not in selected
+    assert summarize(selected, RULE).iloc[0]["treatment_analysis.lambda_max_mean"] == 12.5
+
+
+def test_t_quantile_matches_closed_forms_and_numerical_integration():
+    assert t_quantile_975(1) == pytest.approx(math.tan(0.475 * math.pi), rel=1e-7)  # Cauchy
+    assert t_quantile_975(2) == pytest.approx(math.sqrt(2 * 0.95**2 / (1 - 0.95**2)), rel=1e-7)  # t/√(2+t²) = 0.95
+    assert t_quantile_975(2) == pytest.approx(4.3027, abs=1e-4)
+    assert t_quantile_975(4) == pytest.approx(2.7764, abs=1e-4)
+    for df in (3, 4, 9, 17, 30, 31, 45, 200):
+        q = t_quantile_975(df)
+        x = np.linspace(0.0, q, 20001)
+        log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+        pdf = np.exp(log_c - (df + 1) / 2 * np.log1p(x**2 / df))
+        mass = (x[1] - x[0]) / 3 * (pdf[0] + pdf[-1] + 4 * pdf[1:-1:2].sum() + 2 * pdf[2:-1:2].sum())  # Simpson
+        assert mass == pytest.approx(0.475, abs=1e-7), df
+    with pytest.raises(ValueError, match="positive integer"):
+        t_quantile_975(0)
+
+
+def test_bad_input_raises_clear_errors():
+    runs = frame(run("sgd", 1, 0, val=0.9, test=0.9), run("sam", 1, 0, rho=0.05, val=0.9, test=0.9))
+    with pytest.raises(ConfigError, match="optim.momentum"):
+        select(runs, SelectionRule(baseline={"optim.momentum": 0.9}))
+    with pytest.raises(ConfigError, match="both the baseline"):
+        select(runs, SelectionRule(baseline={"model.family": "mlp"}))
+    with pytest.raises(ConfigError, match="unknown run status"):
+        select(runs.assign(status="done"), RULE)
+    with pytest.raises(ConfigError, match="select_by='val_loss'"):
+        select(runs.assign(final_val_acc=NAN), RULE)
+    with pytest.raises(ConfigError, match="select_by"):
+        SelectionRule.parse({"select_by": "test_acc"})
+    with pytest.raises(ConfigError, match="grouping axes"):
+        SelectionRule.parse({"tune": ["optim.rho"], "group_by": ["optim.rho"]})
+    with pytest.raises(ConfigError, match="collide"):
+        SelectionRule.parse({"tune": ["optim.lr", "schedule.lr"]})
+    with pytest.raises(ConfigError, match="select\\(\\)"):
+        summarize(runs, RULE)
+    with pytest.raises(ValueError, match="expected_seeds"):
+        summarize(select(runs, RULE), RULE, expected_seeds=0)
+
+
+def test_filter_values_may_be_lists_and_treatment_axes_must_be_tuned():
+    runs = frame(
+        run("sgd", 1, 0, val=0.9, test=0.9),
+        run("sam", 1, 0, rho=0.05, val=0.91, test=0.92),
+        run("asam", 1, 0, rho=0.5, val=0.95, test=0.93),
+    )
+    arms = {"treatment": {"optim.name": ["sam", "asam"]}}
+    with pytest.raises(ConfigError, match="optim.name"):
+        select(runs, SelectionRule(**arms))
+    row = select(runs, SelectionRule(**arms, tune=["optim.name", "optim.rho"])).iloc[0]
+    assert (row["name_star"], row["rho_star"], row["gain"]) == ("asam", 0.5, pytest.approx(3.0))
+
+
+def test_selection_is_independent_of_row_order():
+    rows = [run("sgd", k, s, val=0.9, test=0.9) for k in (1, 2) for s in (0, 1)]
+    rows += [run("sam", k, s, rho=r, val=0.9 + r / 10 * (s + 1), test=0.9 + r) for k in (1, 2) for s in (0, 1)
+             for r in (0.01, 0.1)]
+    runs = frame(*rows)
+    shuffled = runs.sample(frac=1.0, random_state=3)
+    pd.testing.assert_frame_equal(select(runs, RULE), select(shuffled, RULE))
