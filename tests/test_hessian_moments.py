@@ -78,14 +78,14 @@ def test_s_k_matches_eigvalsh_of_explicit_s_k(problem, k):
 
 
 def test_identical_examples_have_zero_nonuniformity():
-    """With every example the same, H_i = H and S_k = 0: s_k is reported as 0."""
+    """With every example the same, H_i = H and S_k = 0: s_k vanishes up to rounding (λ_max(S_k) ~ 1e-15)."""
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).to(DT)
     x = torch.randn(1, 2, dtype=DT).repeat(5, 1)
     y = torch.ones(5, 1, dtype=DT)
     op = NonUniformityOperator(model, F.mse_loss, (x, y), 3)
     assert op.to_dense().abs().max() < 1e-12
-    assert nonuniformity(model, F.mse_loss, (x, y), 3, generator=torch.Generator().manual_seed(5)) == 0.0
+    assert nonuniformity(model, F.mse_loss, (x, y), 3, generator=torch.Generator().manual_seed(5)) ** 3 < 1e-12
 
 
 def test_batchnorm_in_train_mode_is_refused():

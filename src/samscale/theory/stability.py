@@ -243,10 +243,14 @@ def simulate_linearized(
     x = x0.to(torch.float64).expand(n_runs, d).clone()
     eye = torch.eye(d, dtype=torch.float64)
     squared_norms = [float((x * x).sum(1).mean())]
+    single = eye - eta * stacked - eta * rho * stacked @ stacked
     for _ in range(n_steps):
-        batch = torch.rand(n_runs, n, generator=generator).argsort(dim=1)[:, :batch_size]
-        h = stacked[batch].mean(dim=1)
-        transition = eye - eta * h - eta * rho * h @ h
+        if batch_size == 1:
+            transition = single[torch.randint(0, n, (n_runs,), generator=generator)]
+        else:
+            batch = torch.rand(n_runs, n, generator=generator).argsort(dim=1)[:, :batch_size]
+            h = stacked[batch].mean(dim=1)
+            transition = eye - eta * h - eta * rho * h @ h
         x = (transition @ x.unsqueeze(-1)).squeeze(-1)
         squared_norms.append(float((x * x).sum(1).mean()))
     return torch.tensor(squared_norms, dtype=torch.float64)
