@@ -82,3 +82,20 @@ def test_analyze_a_run_from_the_store(config_file, tmp_path, capsys):
     assert (workdir / "analysis" / run_id / "eigenvalues.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     frame = RunStore(store_path_in(workdir)).runs_frame()
     assert frame["analysis.lambda_max"].iloc[0] == pytest.approx(report["lambda_max"]["value"])
+
+
+def test_recipe_without_its_data_says_what_is_missing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SAMSCALE_DATA", str(tmp_path / "empty-data-home"))
+    code = main(["reproduce", "imagenet-resnet50", "--budget", "smoke", "--out", str(tmp_path / "in")])
+    out = capsys.readouterr().out
+    assert code == 2 and "imagenet" in out.lower() and "not available" in out
+
+
+@pytest.mark.slow
+def test_rho_star_combines_the_tasks_whose_data_exist(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "rho"
+    assert main(["reproduce", "rho-star", "--budget", "smoke", "--out", str(out), "--executor", "serial"]) == 0
+    index = (out / "index.md").read_text()
+    assert "mnist-mlp" in index and "cifar10-resnet18" in index and "imagenet" not in index
+    html = (out / "cifar10-resnet18" / "report" / "report.html").read_text()
+    assert "stand-in for cifar10" in html

@@ -37,7 +37,7 @@ def test_every_analysis_is_json_serializable_and_deterministic(setup):
 
 def test_values_agree_with_the_explicit_hessian(setup):
     model, batches, eigenvalues, loss = setup
-    report = analyze(model, F.cross_entropy, batches, what=("lambda_max", "trace", "moments"), top_k=3, n_probes=30)
+    report = analyze(model, F.cross_entropy, batches, what=("lambda_max", "trace", "moments"), top_k=3, n_probes=12)
     assert report["n_params"] == 26 and report["n_examples"] == 10
     assert report["loss"] == pytest.approx(loss, rel=1e-12)
     assert report["lambda_max"]["top_eigenvalues"] == pytest.approx(eigenvalues.flip(0)[:3].tolist(), rel=1e-6)
@@ -45,6 +45,15 @@ def test_values_agree_with_the_explicit_hessian(setup):
     assert abs(trace["value"] - float(eigenvalues.sum())) < 4 * trace["standard_error"]
     second = report["moments"]["2"]
     assert abs(second["value"] - float((eigenvalues**2).mean())) < 4 * second["standard_error"]
+
+
+def test_cached_double_backward_gives_the_same_report(setup):
+    model, batches, _, _ = setup
+    what = ("lambda_max", "trace")
+    plain = analyze(model, F.cross_entropy, batches, what=what, n_probes=5)
+    cached = analyze(model, F.cross_entropy, batches, what=what, n_probes=5, hvp_mode="double_backward", cache=True)
+    assert cached["lambda_max"]["top_eigenvalues"] == pytest.approx(plain["lambda_max"]["top_eigenvalues"], rel=1e-9)
+    assert cached["trace"]["value"] == pytest.approx(plain["trace"]["value"], rel=1e-9)
 
 
 def test_unknown_analysis_is_named(setup):

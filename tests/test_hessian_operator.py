@@ -92,6 +92,29 @@ def test_forward_over_reverse_equals_double_backward_and_reverse_over_forward():
         torch.testing.assert_close(product, products[0], rtol=1e-12, atol=1e-14)
 
 
+def test_cached_double_backward_reuses_the_graph_and_gives_the_same_products():
+    model = tiny_mlp(seed=22)
+    x, y = tiny_data(seed=23)
+    batches = [(x[:5], y[:5]), (x[5:], y[5:])]
+    cached = HessianOperator(model, F.cross_entropy, batches, hvp_mode="double_backward", cache=True)
+    torch.testing.assert_close(cached.to_dense(), explicit_hessian(model, x, y), rtol=1e-10, atol=1e-12)
+    v = torch.randn(43, dtype=DT, generator=torch.Generator().manual_seed(24))
+    torch.testing.assert_close(cached.matvec(v), cached.matvec(v), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cache=True needs hvp_mode='double_backward'.*got 'fwd_rev'"):
+        HessianOperator(model, F.cross_entropy, batches, cache=True)
+
+
+@pytest.mark.slow
+def test_compiled_forward_over_reverse_gives_the_same_products():
+    """torch.compile takes tens of seconds on a CPU, hence `slow`."""
+    model = tiny_mlp(seed=25)
+    x, y = tiny_data(seed=26)
+    compiled = HessianOperator(model, F.cross_entropy, [(x[:5], y[:5]), (x[5:], y[5:])], compile=True)
+    torch.testing.assert_close(compiled.to_dense(), explicit_hessian(model, x, y), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="compile=True needs hvp_mode='fwd_rev', got 'double_backward'"):
+        HessianOperator(model, F.cross_entropy, (x, y), hvp_mode="double_backward", compile=True)
+
+
 def test_mean_squared_error_loss_is_supported_in_every_mode():
     """torch cannot run forward-over-reverse through F.mse_loss(reduction="mean"); the operator must still work."""
     model = tiny_mlp(seed=19)

@@ -175,3 +175,18 @@ def test_ray_executor_runs_the_smoke_study(tiny_config, tmp_path):
     assert summary.count("complete") == 6
     assert _final_table(tmp_path / "ray").equals(_final_table(tmp_path / "serial"))
     assert list(RunStore(store_path_in(tmp_path / "ray")).history(summary.outcomes[0].run_id)["epoch"]) == [1]
+
+
+def test_end_of_training_analysis_is_stored_and_plotted(tiny_config, tmp_path):
+    from samscale.study.report_job import build_study_report
+
+    base = dict(tiny_config, analysis={"what": ["lambda_max", "nonuniformity"], "n_examples": 32})
+    study = Study(name="curv", base=base, grid={"model.size": [0.25, 0.5], "train.seed": [0]},
+                  arms=[{"name": "sgd", "set": {"optim.name": "sgd"}},
+                        {"name": "sam", "set": {"optim.name": "sam", "optim.rho": 0.05}}])
+    sweep(study, tmp_path, SerialExecutor())
+    frame = RunStore(store_path_in(tmp_path)).runs_frame("curv")
+    assert (frame["analysis.lambda_max"] > 0).all() and frame["analysis.s2"].notna().all()
+    html = build_study_report(tmp_path, command="test").read_text()
+    assert "lambda_max" in html and "s2" in html
+    assert (tmp_path / "report" / "figures" / "lambda_max_vs_params.png").exists()

@@ -65,7 +65,7 @@ def edge_of_stability(h: torch.Tensor, eta: float, rho: float) -> torch.Tensor:
     low, high = 0.0, 1.0
     while one_d_second_moment(high * h, eta, rho) <= 1:
         high *= 2
-    for _ in range(200):
+    for _ in range(80):
         mid = 0.5 * (low + high)
         low, high = (mid, high) if one_d_second_moment(mid * h, eta, rho) <= 1 else (low, mid)
     return low * h

@@ -151,12 +151,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if missing:
             print(f"samscale: skipping {study.name} at budget {args.budget!r}: its data are not available here.")
             print(missing)
-            status = max(status, 2)
             continue
         status = max(status, run_sweep(study, out / folder, args))
         reports.append(_report(out / folder))
         print(f"report: {reports[-1]}")
-    if len(reports) > 1:
+    if not reports:
+        return 2
+    if folder:  # a combined recipe: one index over its members' reports
         index = out / "index.md"
         index.write_text("".join(f"- [{p.parent.parent.name}]({p.relative_to(out)})\n" for p in reports))
         print(f"index of reports: {index}")

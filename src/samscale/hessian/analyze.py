@@ -43,6 +43,8 @@ def analyze(
     ascent_steps: int = 20,
     bn_mode: str = "eval",
     dtype: torch.dtype | None = None,
+    hvp_mode: str = "fwd_rev",
+    cache: bool = False,
     seed: int = 0,
 ) -> dict:
     """Curvature summary of the mean loss over `batches`; `what` picks among ANALYSES.
@@ -50,13 +52,15 @@ def analyze(
     Returns {"n_params", "n_examples", "loss", and one entry per analysis}: "lambda_max" (top-k eigenvalues by
     Lanczos, with matvec count), "trace" and "frobenius" (Hutchinson, with standard errors), "moments"
     (SLQ tr(H^k)/P), "density" (SLQ density on `density_points` grid points), "nonuniformity" (s_k, eval-mode only),
-    and the sharpness measures at radius `rho` / noise `sigma`. Every random choice derives from `seed`.
+    and the sharpness measures at radius `rho` / noise `sigma`. `hvp_mode` and `cache` configure the
+    HessianOperator (cache=True with hvp_mode="double_backward" keeps the gradient graphs of all batches in memory
+    and makes every product one backward pass). Every random choice derives from `seed`.
     """
     unknown = [name for name in what if name not in ANALYSES]
     if unknown:
         raise ValueError(f"unknown analyses {unknown}; choose from {list(ANALYSES)}")
     batches = as_batches(batches)
-    op = HessianOperator(model, loss_fn, batches, bn_mode=bn_mode, dtype=dtype)
+    op = HessianOperator(model, loss_fn, batches, bn_mode=bn_mode, dtype=dtype, hvp_mode=hvp_mode, cache=cache)
     generator = torch.Generator().manual_seed(seed)
     report: dict = {"n_params": op.size, "n_examples": op.objective.n_examples, "loss": op.loss()}
     if "lambda_max" in what:

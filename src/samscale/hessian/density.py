@@ -52,8 +52,9 @@ def quadrature(
         process = LanczosProcess(op, probe, steps)
         while True:
             beta = process.step()
-            if process.steps == steps or beta <= 1e-10 * max(abs(a) for a in process.alphas) or beta == 0.0:
-                break
+            scale = max([abs(a) for a in process.alphas] + process.betas + [beta])
+            if process.steps == steps or beta <= 1e-10 * scale:
+                break  # enough steps, or the Krylov space is invariant and the quadrature already exact
             process.extend(beta, process.residual / beta)
         theta, s = torch.linalg.eigh(process.tridiagonal())
         all_nodes.append(theta)
@@ -87,12 +88,12 @@ def slq_moments(
 
 def spectral_density(
     op: LinearOperator | Tensor,
-    *,
     n_runs: int = 10,
     n_steps: int = 80,
     grid: Tensor | None = None,
-    n_grid: int = 1000,
     sigma: float | None = None,
+    *,
+    n_grid: int = 1000,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> SpectralDensity:

@@ -19,13 +19,15 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 Batch = tuple[Tensor, Tensor]
 
 
+def _is_pair(item: object) -> bool:
+    return isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(t, Tensor) for t in item)
+
+
 def as_batches(data: Batch | Iterable[Batch]) -> list[Batch]:
     """Materialize `data` — one `(x, y)` pair of tensors or an iterable of such pairs — as a list of batches."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        return [(data[0], data[1])]
     batches = []
-    for index, item in enumerate(data):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(t, Tensor) for t in item)):
+    for index, item in enumerate([data] if _is_pair(data) else data):
+        if not _is_pair(item):
             raise ValueError(f"batch {index} must be an (x, y) pair of tensors, got {type(item).__name__}")
         x, y = item
         if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
@@ -43,11 +45,6 @@ def check_choice(name: str, value: str, valid: Sequence[str]) -> None:
     """Raise a ValueError naming `value` and the valid choices unless `value` is one of them."""
     if value not in valid:
         raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
-
-
-def has_batch_norm(model: nn.Module) -> bool:
-    """Whether the model contains a BatchNorm layer (whose train-mode output couples the examples of a batch)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 @contextlib.contextmanager
@@ -224,12 +221,59 @@ class Objective:
     def _double_backward_hvp(
         self, params: dict[str, Tensor], tangent: dict[str, Tensor], x: Tensor, y: Tensor
     ) -> dict[str, Tensor]:
+        return self._retained_gradient(params, x, y)(tangent, retain_graph=False)
+
+    def _retained_gradient(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Callable[..., dict]:
+        """Build the batch gradient with its graph (create_graph=True); return v ↦ ∇(gᵀv), one backward per call."""
         leaves = {n: t.detach().requires_grad_(True) for n, t in params.items()}
         with torch.enable_grad():
             loss = self.batch_loss(leaves, x, y)
             grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
-            dot = sum((g * tangent[n]).sum() for n, g in zip(leaves, grads) if g is not None and g.requires_grad)
-            if not isinstance(dot, Tensor) or not dot.requires_grad:
-                return {n: torch.zeros_like(t) for n, t in params.items()}
-            second = torch.autograd.grad(dot, list(leaves.values()), allow_unused=True)
-        return {n: torch.zeros_like(params[n]) if s is None else s for n, s in zip(leaves, second)}
+
+        def second_backward(tangent: dict[str, Tensor], retain_graph: bool = True) -> dict[str, Tensor]:
+            with torch.enable_grad():
+                terms = [(g * tangent[n]).sum() for n, g in zip(leaves, grads) if g is not None and g.requires_grad]
+                if not terms:
+                    return {n: torch.zeros_like(t) for n, t in params.items()}
+                second = torch.autograd.grad(
+                    sum(terms), list(leaves.values()), retain_graph=retain_graph, allow_unused=True
+                )
+            return {n: torch.zeros_like(params[n]) if s is None else s for n, s in zip(leaves, second)}
+
+        return second_backward
+
+    def cached_hvp(self) -> Callable[[Tensor], Tensor]:
+        """v ↦ ∇²f(w)·v at the snapshot point, each batch's gradient graph built once (here) and kept in memory,
+        so that every product is a single backward pass through it (double backward without the recomputation)."""
+        params = self.unflatten(self.point)
+        with evaluation_mode(self.model, self.bn_mode):
+            products = [(w, self._retained_gradient(params, x, y)) for w, (x, y) in zip(self._weights, self.batches)]
+
+        def hvp(vector: Tensor) -> Tensor:
+            tangent = self.unflatten(vector)
+            total = torch.zeros(self.size, dtype=self.dtype, device=self.device)
+            for w, product in products:
+                total += w * self.flatten(product(tangent))
+            return total
+
+        return hvp
+
+    def compiled_hvp(self) -> Callable[[Tensor], Tensor]:
+        """v ↦ ∇²f(w)·v at the snapshot point by forward-over-reverse, each batch's product compiled with
+        torch.compile. The first product compiles (tens of seconds on a CPU, again for a new batch shape); later
+        products run the compiled code. Compilation errors are raised, not hidden."""
+        def batch_product(params: dict, tangent: dict, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+            return forward_over_reverse(lambda p: self.batch_loss(p, x, y), params, tangent)
+
+        compiled = torch.compile(batch_product)
+        params = {n: t.clone() for n, t in self.unflatten(self.point).items()}  # not views: compiled jvp needs that
+
+        def hvp(vector: Tensor) -> Tensor:
+            tangent = {n: t.clone() for n, t in self.unflatten(vector).items()}
+            total = torch.zeros(self.size, dtype=self.dtype, device=self.device)
+            with evaluation_mode(self.model, self.bn_mode):
+                for w, (x, y) in zip(self._weights, self.batches):
+                    total += w * self.flatten(compiled(params, tangent, x, y))
+            return total
+
+        return hvp

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +67,10 @@ class HessianOperator(LinearOperator):
     (`hvp_mode="fwd_rev"`, torch.func.jvp of torch.func.grad), reverse-over-forward (`"rev_fwd"`) or double backward
     (`"double_backward"`); all three give the same product.
     `bn_mode="eval"` uses BatchNorm running statistics; `"train"` uses batch statistics without updating them.
+    `cache=True` (double backward only) builds every batch's gradient graph once, on the first product, and keeps it
+    in memory, so each product is one backward pass: worth it for many products on a small analysis set.
+    `compile=True` (forward-over-reverse only) runs each batch's product through torch.compile, compiled on the
+    first product: worth it when the compilation time is small next to the products to come.
     The parameters are a snapshot taken at construction; the model is never modified.
     """
 
@@ -80,16 +84,32 @@ class HessianOperator(LinearOperator):
         dtype: torch.dtype | None = None,
         params: Iterable[str | nn.Parameter] | None = None,
         hvp_mode: str = "fwd_rev",
+        cache: bool = False,
+        compile: bool = False,
     ) -> None:
         check_choice("hvp_mode", hvp_mode, HVP_MODES)
+        if cache and hvp_mode != "double_backward":
+            raise ValueError(
+                f"cache=True needs hvp_mode='double_backward' (the only mode that reuses a gradient graph), "
+                f"got {hvp_mode!r}"
+            )
+        if compile and hvp_mode != "fwd_rev":
+            raise ValueError(f"compile=True needs hvp_mode='fwd_rev', got {hvp_mode!r}")
         self.objective = Objective(model, loss_fn, batches, bn_mode=bn_mode, dtype=dtype, params=params)
         self.hvp_mode = hvp_mode
+        self.cache = cache
+        self.compile = compile
+        self._cached: Callable[[Tensor], Tensor] | None = None
         self.size = self.objective.size
         self.dtype = self.objective.dtype
         self.device = self.objective.device
 
     def matvec(self, vector: Tensor) -> Tensor:
-        return self.objective.hvp(vector, mode=self.hvp_mode)
+        if not (self.cache or self.compile):
+            return self.objective.hvp(vector, mode=self.hvp_mode)
+        if self._cached is None:
+            self._cached = self.objective.cached_hvp() if self.cache else self.objective.compiled_hvp()
+        return self._cached(vector)
 
     def loss(self) -> float:
         """The mean loss f(w) at the operator's parameters."""

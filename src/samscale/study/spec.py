@@ -183,7 +183,7 @@ class RuntimeSpec(_Section):
     device: str = "auto"
     threads: int | None = None
     compile: bool = False
-    channels_last: bool = False
+    channels_last: bool = False  # CUDA only: on CPU, torch's channels-last convolutions are slow or crash
     bf16: bool = False
     eval_batch_size: int = 1000
     train_eval_size: int = 10000  # final train loss/accuracy is measured on this many training examples

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from samscale.models.registry import param_count
 from samscale.study.executors import RunOutcome, store_path_in
 from samscale.study.spec import RunSpec
 from samscale.study.store import FINISHED, RunStore
@@ -25,6 +26,15 @@ class SweepSummary:
         return sum(outcome.status == status for outcome in self.outcomes)
 
 
+def estimated_cost(spec: RunSpec) -> float:
+    """Relative cost of a run (parameters × epochs × passes per step), to start the longest runs first."""
+    try:
+        n_params = param_count(spec.model.family, spec.model.size, **spec.model.options)
+    except (TypeError, ValueError, KeyError):
+        n_params = 1
+    return float(n_params) * spec.train.epochs * (2 if spec.optim.is_sam else 1)
+
+
 def prepare(study: Study, workdir: str | Path) -> tuple[RunStore, list[RunSpec]]:
     """Open the work directory's store, save the study beside it, and register every run of the study."""
     workdir = Path(workdir)
@@ -41,6 +51,7 @@ def sweep(study: Study, workdir: str | Path, executor, on_result: ProgressCallba
     """Run the study's unfinished runs with `executor`; finished runs are skipped, interrupted ones resume."""
     store, specs = prepare(study, workdir)
     todo = [spec for spec in specs if store.status(spec.run_id) not in FINISHED]
+    todo.sort(key=estimated_cost, reverse=True)  # longest first: the pool's last runs are short ones
     summary = SweepSummary(total=len(specs), skipped=len(specs) - len(todo))
     for outcome in executor.run(todo, str(store.path), str(workdir)):
         summary.outcomes.append(outcome)

@@ -137,7 +137,8 @@ class _Run:
             if len(split) > 0
         }
         self.model = build_model_for(spec, self.dataset).to(device)
-        if spec.runtime.channels_last:
+        self.channels_last = spec.runtime.channels_last and device.type == "cuda"  # CPU convs: slow or crash
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.n_params = count_params(self.model)
         self.generator = torch.Generator().manual_seed(spec.train.seed + 1_000_003)
@@ -208,7 +209,7 @@ class _Run:
         autocast = _autocast(self.spec, self.device)
         for x, y in self.loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            if self.spec.runtime.channels_last and x.dim() == 4:
+            if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
                 if isinstance(self.optimizer, SAM):
