@@ -1,19 +1,22 @@
 """Hessian toolkit benchmark: HVP cost by differentiation mode, and matvecs Lanczos vs power iteration need for λ_max.
 
 (a) Seconds per Hessian-vector product on one batch of 128, modes interleaved in one process (median and minimum
-    over repetitions): forward-over-reverse (the default), reverse-over-forward, double backward, and double backward
-    with the gradient graph cached. Goal: forward-over-reverse ≥ 1.3× faster than double backward.
+    over repetitions): forward-over-reverse (the default), reverse-over-forward, double backward, double backward
+    with the gradient graph cached, and — with --compile — forward-over-reverse through torch.compile (its one-off
+    compilation time is printed). Goal: forward-over-reverse ≥ 1.3× faster than double backward.
 (b) Matvecs until the λ_max estimate is within 1e-4 (relative) of a reference from a long, separately seeded Lanczos
-    run; Lanczos and power iteration start from the same vector. Goal: Lanczos ≥ 3× fewer.
-Models: MNIST-shaped MLP 784-300-100-10 and CIFAR ResNet-18 with 16 filters (eval-mode BatchNorm), random weights,
-random inputs and labels. The machine may be shared: the load average is printed with the results.
+    run; Lanczos and power iteration start from the same vectors (several for the MLP, one for the ResNet, whose power
+    iteration is capped). Goal: Lanczos ≥ 3× fewer.
+Models: MNIST-shaped MLP 784-300-100-10 (random weights, and after 200 full-batch gradient steps on its random batch,
+near interpolation) and CIFAR ResNet-18 with 16 filters (random weights, eval-mode BatchNorm); random inputs and
+labels. The machine may be shared: load averages are printed with the results.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,77 +25,108 @@ from torch import nn
 from samscale.hessian import HessianOperator, lanczos, power_iteration
 
 ACCURACY = 1e-4
-MODES = ("fwd_rev", "rev_fwd", "double_backward", "double_backward+cache")
+BATCH = 128
 
 
-def build_models() -> dict[str, tuple[nn.Module, tuple[int, ...], int, int]]:
-    """name → (model, input shape, timing repetitions, power-iteration matvec cap)."""
+def mnist_mlp() -> nn.Module:
     try:
-        from samscale.models import mlp, resnet18
+        from samscale.models import mlp
 
-        mnist_mlp, cifar_resnet = mlp((300, 100)), resnet18(filters=16)
-    except ImportError:  # a checkout without samscale.models: plain equivalents
-        mnist_mlp = nn.Sequential(
+        return mlp((300, 100), generator=torch.Generator().manual_seed(0))
+    except ImportError:  # a checkout without samscale.models: the same architecture, PyTorch's default init
+        return nn.Sequential(
             nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
         )
-        cifar_resnet = _resnet18(16)
-    return {
-        "MLP 784-300-100-10": (mnist_mlp, (1, 28, 28), 30, 1000),
-        "ResNet-18 nf=16": (cifar_resnet.eval(), (3, 32, 32), 3, 60),
-    }
 
 
-def _resnet18(nf: int) -> nn.Module:
-    def block(cin: int, cout: int, stride: int) -> nn.Module:
-        class Basic(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.body = nn.Sequential(
-                    nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                    nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
-                )
-                self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-                )
+def cifar_resnet18() -> nn.Module:
+    try:
+        from samscale.models import resnet18
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return torch.relu(self.body(x) + self.skip(x))
+        return resnet18(filters=16, generator=torch.Generator().manual_seed(0)).eval()
+    except ImportError:
+        return _plain_resnet18(16).eval()
 
-        return Basic()
+
+def _plain_resnet18(nf: int) -> nn.Module:
+    class Basic(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+            )
+            projection = stride != 1 or cin != cout
+            self.skip = (
+                nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                if projection
+                else nn.Identity()
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.body(x) + self.skip(x))
 
     layers: list[nn.Module] = [nn.Conv2d(3, nf, 3, 1, 1, bias=False), nn.BatchNorm2d(nf), nn.ReLU()]
     cin = nf
     for stage, width in enumerate((nf, 2 * nf, 4 * nf, 8 * nf)):
-        layers += [block(cin, width, 1 if stage == 0 else 2), block(width, width, 1)]
+        layers += [Basic(cin, width, 1 if stage == 0 else 2), Basic(width, width, 1)]
         cin = width
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10))
 
 
-def time_modes(model: nn.Module, batch, repetitions: int) -> dict[str, list[float]]:
-    """Seconds per product for every mode, interleaved round by round after one warm-up product each."""
-    operators = {
-        mode: HessianOperator(
-            model, F.cross_entropy, batch, hvp_mode=mode.split("+")[0], cache=mode.endswith("+cache")
-        )
-        for mode in MODES
+def random_batch(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(BATCH, *shape, generator=g), torch.randint(0, 10, (BATCH,), generator=g)
+
+
+def trained(model: nn.Module, batch, steps: int = 200, lr: float = 0.1) -> tuple[nn.Module, float]:
+    """The model after `steps` full-batch gradient steps on `batch`, and its final loss."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(batch[0]), batch[1]).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return model, float(F.cross_entropy(model(batch[0]), batch[1]))
+
+
+def operators(model: nn.Module, batch, compile_fwd_rev: bool) -> dict[str, HessianOperator]:
+    modes = {
+        "fwd_rev": {},
+        "rev_fwd": {"hvp_mode": "rev_fwd"},
+        "double_backward": {"hvp_mode": "double_backward"},
+        "double_backward+cache": {"hvp_mode": "double_backward", "cache": True},
     }
-    vector = torch.randn(operators["fwd_rev"].size, generator=torch.Generator().manual_seed(1))
-    products = {mode: op.matvec(vector) for mode, op in operators.items()}  # warm-up; builds the cache
+    if compile_fwd_rev:
+        modes["fwd_rev+compile"] = {"compile": True}
+    return {name: HessianOperator(model, F.cross_entropy, batch, **options) for name, options in modes.items()}
+
+
+def time_modes(model: nn.Module, batch, repetitions: int, compile_fwd_rev: bool):
+    """Seconds per product for every mode, interleaved round by round after one warm-up product each (which builds
+    the cache or compiles); returns the times and the warm-up seconds."""
+    ops = operators(model, batch, compile_fwd_rev)
+    vector = torch.randn(ops["fwd_rev"].size, generator=torch.Generator().manual_seed(2))
+    warmup, products = {}, {}
+    for name, op in ops.items():
+        started = time.perf_counter()
+        products[name] = op.matvec(vector)
+        warmup[name] = time.perf_counter() - started
     reference = products["double_backward"]
-    for mode, product in products.items():
+    for name, product in products.items():
         error = float((product - reference).norm() / reference.norm())
         if error > 1e-4:
-            raise AssertionError(f"{mode} disagrees with double backward (relative error {error:.1e})")
-    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+            raise AssertionError(f"{name} disagrees with double backward (relative error {error:.1e})")
+    times: dict[str, list[float]] = {name: [] for name in ops}
     for _ in range(repetitions):
-        for mode, op in operators.items():
+        for name, op in ops.items():
             started = time.perf_counter()
             op.matvec(vector)
-            times[mode].append(time.perf_counter() - started)
-    return times
+            times[name].append(time.perf_counter() - started)
+    return times, warmup
 
 
-def matvecs_to_accuracy(history: tuple[float, ...], reference: float) -> int | None:
+def matvecs_to_accuracy(history: tuple[float, ...] | list[float], reference: float) -> int | None:
     """1-based index of the first estimate within ACCURACY (relative) of the reference, or None."""
     for index, estimate in enumerate(history, start=1):
         if abs(estimate - reference) <= ACCURACY * abs(reference):
@@ -100,58 +134,83 @@ def matvecs_to_accuracy(history: tuple[float, ...], reference: float) -> int | N
     return None
 
 
-def count_matvecs(model: nn.Module, batch, power_cap: int) -> tuple[float, int, int | None, int | None]:
-    """(reference λ_max, its matvecs, Lanczos matvecs to ACCURACY, power-iteration matvecs to ACCURACY or None)."""
-    op = HessianOperator(model, F.cross_entropy, batch, hvp_mode="double_backward", cache=True)
-    reference = lanczos(op, k=1, tol=1e-9, max_iter=150, generator=torch.Generator().manual_seed(100))
-    top = float(reference.eigenvalues[0])
-    start = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
-    fast = lanczos(op, k=1, tol=1e-6, max_iter=150, v0=start)
-    return top, reference.n_matvec, matvecs_to_accuracy(fast.history, top), power_matvecs(op, start, top, power_cap)
-
-
-def power_matvecs(op: HessianOperator, start: torch.Tensor, top: float, cap: int, chunk: int = 10) -> int | None:
-    """Power-iteration steps until ACCURACY, run in chunks that each resume from the previous chunk's last vector
-    (its first estimate repeats the previous one and is not counted), so the run can stop once ACCURACY is reached."""
+def power_matvecs(op: HessianOperator, start: torch.Tensor, reference: float, cap: int, chunk: int = 10) -> int | None:
+    """Power-iteration steps until ACCURACY (None if more than `cap`). Runs in chunks so it can stop early; each
+    chunk resumes from the previous chunk's last vector, so its first estimate repeats and is not counted."""
     history: list[float] = []
     vector = start
     while len(history) < cap:
         result = power_iteration(op, tol=0.0, max_iter=chunk + (1 if history else 0), v0=vector)
         history.extend(result.history[1:] if history else result.history)
         vector = result.eigenvectors[:, 0]
-        reached = matvecs_to_accuracy(tuple(history), top)
+        reached = matvecs_to_accuracy(history, reference)
         if reached is not None:
             return reached if reached <= cap else None
     return None
 
 
+def count_matvecs(model: nn.Module, batch, n_starts: int, power_cap: int):
+    """(reference λ_max, reference matvecs, Lanczos matvecs per start, power matvecs per start (None = over cap))."""
+    op = HessianOperator(model, F.cross_entropy, batch, hvp_mode="double_backward", cache=True)
+    reference = lanczos(op, k=1, tol=1e-9, max_iter=150, generator=torch.Generator().manual_seed(100))
+    top = float(reference.eigenvalues[0])
+    fast, slow = [], []
+    for seed in range(n_starts):
+        start = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        fast.append(matvecs_to_accuracy(lanczos(op, k=1, tol=1e-6, max_iter=150, v0=start).history, top))
+        slow.append(power_matvecs(op, start, top, power_cap))
+    return top, reference.n_matvec, fast, slow
+
+
 def main() -> None:
-    torch.set_num_threads(2)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd forward-over-reverse")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--skip-counts", action="store_true", help="time the HVP modes only, skip part (b)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     began = time.perf_counter()
-    print(f"threads: {torch.get_num_threads()}   load average at start: {os.getloadavg()[0]:.2f}")
-    rows_a, rows_b = [], []
-    for name, (model, shape, repetitions, power_cap) in build_models().items():
-        g = torch.Generator().manual_seed(0)
-        batch = (torch.rand(128, *shape, generator=g), torch.randint(0, 10, (128,), generator=g))
-        times = time_modes(model, batch, repetitions)
-        medians = {mode: statistics.median(t) for mode, t in times.items()}
-        minima = {mode: min(t) for mode, t in times.items()}
-        for mode in MODES:
-            rows_a.append((name, mode, medians[mode] * 1e3, minima[mode] * 1e3, medians["double_backward"] / medians[mode]))
-        rows_b.append((name, *count_matvecs(model, batch, power_cap), power_cap))
+    print(f"threads: {torch.get_num_threads()}   load average at start: {os.getloadavg()[0]:.2f}", flush=True)
 
-    print(f"\n(a) seconds per HVP, batch 128 (goal: fwd_rev ≥ 1.3× faster than double_backward)")
-    print(f"{'model':<20} {'mode':<22} {'median ms':>10} {'min ms':>10} {'double_backward / mode':>24}")
-    for name, mode, median, minimum, ratio in rows_a:
-        print(f"{name:<20} {mode:<22} {median:>10.1f} {minimum:>10.1f} {ratio:>23.2f}×")
+    mlp_batch, resnet_batch = random_batch((1, 28, 28)), random_batch((3, 32, 32))
+    mlp_model, resnet_model = mnist_mlp(), cifar_resnet18()
+    timing_rows = []
+    for name, model, batch, repetitions in [
+        ("MLP 784-300-100-10", mlp_model, mlp_batch, 30),
+        ("ResNet-18 nf=16", resnet_model, resnet_batch, 3),
+    ]:
+        times, warmup = time_modes(model, batch, repetitions, args.compile)
+        baseline = statistics.median(times["double_backward"])
+        for mode, values in times.items():
+            median = statistics.median(values)
+            timing_rows.append((name, mode, median, min(values), baseline / median, warmup[mode]))
+
+    count_rows = []
+    if not args.skip_counts:
+        mlp_trained, mlp_loss = trained(mnist_mlp(), mlp_batch)
+        for name, model, batch, starts, cap in [
+            ("MLP, random weights", mlp_model, mlp_batch, 5, 1000),
+            (f"MLP, trained (loss {mlp_loss:.3f})", mlp_trained, mlp_batch, 5, 1000),
+            ("ResNet-18 nf=16, random", resnet_model, resnet_batch, 1, 60),
+        ]:
+            count_rows.append((name, cap, *count_matvecs(model, batch, starts, cap)))
+
+    print(f"\n(a) time per HVP, batch {BATCH} (goal: fwd_rev ≥ 1.3× faster than double_backward)")
+    print(f"{'model':<20} {'mode':<22} {'median ms':>10} {'min ms':>10} {'speed vs double_backward':>25} {'first s':>8}")
+    for name, mode, median, minimum, speed, first in timing_rows:
+        print(f"{name:<20} {mode:<22} {median * 1e3:>10.1f} {minimum * 1e3:>10.1f} {speed:>24.2f}× {first:>8.1f}")
     print(f"\n(b) matvecs to {ACCURACY:g} relative accuracy on λ_max (goal: Lanczos ≥ 3× fewer than power iteration)")
-    print(f"{'model':<20} {'λ_max':>10} {'ref matvecs':>12} {'Lanczos':>8} {'power':>8} {'power / Lanczos':>16}")
-    for name, top, reference_matvecs, fast, slow, cap in rows_b:
-        slow_text = str(slow) if slow is not None else f">{cap}"
-        ratio = (slow if slow is not None else cap) / fast if fast else float("nan")
-        ratio_text = f"{'≥' if slow is None else ''}{ratio:.1f}×"
-        print(f"{name:<20} {top:>10.4f} {reference_matvecs:>12} {fast:>8} {slow_text:>8} {ratio_text:>16}")
+    print(f"{'model':<28} {'λ_max':>9} {'ref':>4} {'Lanczos (per start)':>22} {'power (per start)':>24} {'ratio':>7}")
+    for name, cap, top, reference_matvecs, fast, slow in count_rows:
+        slow_counts = [cap if s is None else s for s in slow]
+        ratio = statistics.mean(slow_counts) / statistics.mean(fast)
+        slow_text = " ".join(f">{cap}" if s is None else str(s) for s in slow)
+        bound = "≥" if None in slow else ""
+        print(
+            f"{name:<28} {top:>9.4f} {reference_matvecs:>4} {' '.join(map(str, fast)):>22} {slow_text:>24} "
+            f"{bound}{ratio:>5.1f}×"
+        )
     print(f"\ntotal {time.perf_counter() - began:.0f} s   load average at end: {os.getloadavg()[0]:.2f}")
 
 

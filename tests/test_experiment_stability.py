@@ -56,6 +56,8 @@ def test_smoke_budget_writes_every_file(smoke):
             assert b"<svg" in (out / "figures" / f"{problem}-{plot}.svg").read_bytes()
     text = page.read_text()
     assert "samscale reproduce stability --budget smoke" in text
+    if _mnist_available():  # two epochs on MNIST end far from zero loss, and the report must say so
+        assert re.search(r"SGD on mnist-subset seed 0 \(\d", text) and "short of interpolation" in text
     assert re.findall(r'<img [^>]*src="([^"]*)"', text) and all(
         src.startswith("data:image/svg+xml;base64,") for src in re.findall(r'<img [^>]*src="([^"]*)"', text)
     )  # self-contained: every figure is inlined

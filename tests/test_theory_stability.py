@@ -89,9 +89,11 @@ def test_usam_bounds_hold_for_random_1d_problems_at_the_edge_of_stability(eta, r
         h = edge_of_stability(spread, eta, rho)
         assert one_d_second_moment(h, eta, rho) == pytest.approx(1.0, abs=1e-9)
         assert exact_mean_square_stability(scalar_hessians(h), eta, rho) == pytest.approx(1.0, abs=1e-9)
-        for name, value in measured(h).items():
+        values = measured(h)
+        for name, value in values.items():
             assert value <= bounds[name] * (1 + 1e-9), (name, trial)
             worst[name] = max(worst[name], value / bounds[name])
+        assert values["s2"] <= (1 / eta) * (1 + 1e-9)  # the SGD-like 1-D bound holds for USAM too (module docstring)
     assert worst["sharpness"] > 0.99  # tight: reached by (nearly) equal curvatures
     assert min(worst.values()) > 0.05  # the random problems do probe every bound
 

@@ -38,6 +38,7 @@ RUN_COLUMNS = (
     "train_loss", "train_acc", "test_loss", "test_acc", *QUANTITIES, *(f"bound_{q}" for q in QUANTITIES),
     "lanczos_converged", "run_id",
 )
+INTERPOLATION_LOSS = 1e-2  # a run ending above this training loss is reported as short of interpolation
 Progress = Callable[[str], None]
 
 
@@ -203,10 +204,17 @@ def _notes(plan: StabilityBudget, runs: pd.DataFrame, skipped: list[str]) -> lis
     if unconverged:
         notes.append(f"{unconverged} of {len(runs)} runs had a Lanczos run stop at its Hessian-product cap before "
                      "reaching the tolerance; their values are lower estimates.")
+    short = runs[(runs["status"] == "complete") & (runs["train_loss"] > INTERPOLATION_LOSS)]
+    if len(short):
+        notes.append(f"{len(short)} run(s) ended with training loss above {INTERPOLATION_LOSS:g}, short of "
+                     "interpolation, where the bounds need not hold: " + ", ".join(
+                         f"{optimizer_label(r.optimizer)} on {r.problem} seed {r.seed} ({r.train_loss:.3g})"
+                         for r in short.itertuples()))
     diverged = runs[runs["status"] != "complete"]
     if len(diverged):
         notes.append(f"{len(diverged)} run(s) diverged and carry no curvature: "
-                     + ", ".join(f"{r.optimizer} on {r.problem} seed {r.seed}" for r in diverged.itertuples()))
+                     + ", ".join(f"{optimizer_label(r.optimizer)} on {r.problem} seed {r.seed}"
+                                 for r in diverged.itertuples()))
     return notes
 
 

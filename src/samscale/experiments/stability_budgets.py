@@ -122,8 +122,8 @@ BUDGETS: dict[str, StabilityBudget] = {
                "to exercise the pipeline; its numbers say nothing about the paper's claim.",),
     ),
     "cpu": StabilityBudget(
-        description="≈10 minutes on 2 CPU cores: 256 MNIST digits (MLP k = 0.25) and n = 100 teacher–student, "
-                    "2 seeds",
+        description="about 6 minutes on 2 busy CPU cores: 256 MNIST digits (MLP k = 0.25) and n = 100 "
+                    "teacher–student, 2 seeds",
         problems=(_mnist(256, 30), _teacher_student(100, 50, 100)),
         seeds=(0, 1),
     ),

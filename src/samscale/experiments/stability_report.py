@@ -10,9 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from samscale.report.figures import Plot, save_plot
-from samscale.report.render import _CSS as PAGE_STYLE
-from samscale.report.render import FIGURE_DIR
-from samscale.report.render import _inline_svg as inline_svg
+from samscale.report.render import FIGURE_DIR, PAGE_STYLE, inline_svg
 from samscale.report.tables import html_table, markdown_table
 
 

@@ -22,7 +22,7 @@ from samscale.study.selection import (
 FIGURE_DIR = "figures"
 NO_RUNS = "No complete runs yet: nothing to compare or plot."
 NO_PAIRS = "No size has a complete run of both arms yet: nothing to plot."
-_CSS = """
+PAGE_STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
 table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.85rem; }
 th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: right; }
@@ -130,14 +130,14 @@ def _html(*, title, header, notes, figures, message, progress, rule) -> str:
         parts.append(f'<p class="warning">{esc(message)}</p>')
     for figure in figures:
         parts += [f"<h2>{esc(figure.plot.title)}</h2>",
-                  f"<figure>{_inline_svg(figure.svg, figure.plot.title)}</figure>", html_table(figure.plot.table)]
+                  f"<figure>{inline_svg(figure.svg, figure.plot.title)}</figure>", html_table(figure.plot.table)]
     parts += ["<h2>Runs by status</h2>", html_table(progress), "<h2>Selection rule</h2>",
               f"<pre>{esc(rule.model_dump_json(indent=2))}</pre>"]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+            f"<style>{PAGE_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
-def _inline_svg(path: Path, alt: str) -> str:
+def inline_svg(path: Path, alt: str) -> str:
     """The SVG embedded as a data URI: self-contained, and its element ids cannot clash with other figures'."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/svg+xml;base64,{data}">'

@@ -13,9 +13,10 @@ minimum of a convex per-example loss). For a unit vector v let p = vᵀE[C]v and
 a ≤ (√(1 + 8ρ/η) − 1)/(2ρ); p ≥ ηρ·vᵀM₂v gives s₂² ≤ λ_max(M₂) ≤ 2/(ηρ); q ≥ 2η²ρ·vᵀM₃v and q ≥ η²ρ²·vᵀM₄v give
 s₃³ ≤ 2/(η²ρ) and s₄⁴ ≤ 4/(ηρ)². These are the bounds of PAPER.md §6, confirmed. They are implied by the sufficient
 condition, hence necessary for stability in 1-D; in higher dimension they bound what the sufficient condition allows.
-Only the sharpness bound is tight (1-D, all h_i equal); in 1-D sharper constants hold (e.g. s₂² ≤ 1/(2ηρ) as
-η → 0 with ηρ fixed, and s₃³ ≤ 1/(η²ρ)). For SGD the 1-D condition (1 − ηa)² + η²·(n − B)/(B(n − 1))·s₂² ≤ 1 gives
-a ≤ 2/η and s₂ ≤ (1/η)·√(B(n − 1)/(n − B)), and nothing on s₃, s₄.
+Only the sharpness bound is tight (1-D, all h_i equal). In 1-D sharper constants hold: s₃³ ≤ 1/(η²ρ) (using
+S₄ ≥ s₂⁴), s₂² ≤ 1/(2ηρ) as η → 0 with ηρ fixed, and s₂ ≤ 1/η (Var(C) ≤ 1 and C has slope ≥ η in h ≥ 0).
+For SGD the 1-D condition (1 − ηa)² + η²·(n − B)/(B(n − 1))·s₂² ≤ 1 gives a ≤ 2/η and
+s₂ ≤ (1/η)·√(B(n − 1)/(n − B)), and nothing on s₃, s₄.
 
 Mini-batches of size B are drawn uniformly without replacement within the batch (every B-subset equally likely).
 """

@@ -152,7 +152,7 @@ class _Run:
             spec.train.batch_size,
             shuffle=True,
             generator=self.generator,
-            augment=self.dataset.train_augment if spec.data.augment else None,
+            augment=self.dataset.train_augment,  # None when the spec turns augmentation off
         )
         multiplier = lr_multiplier(spec.schedule, spec.train.epochs, len(self.loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
@@ -182,6 +182,7 @@ class _Run:
 
     # -- checkpoint state ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """Everything needed to continue this run bit-identically (and to know which run it is)."""
         return {
             "run_id": self.spec.run_id,
             "spec": self.spec.model_dump_json(),
@@ -194,6 +195,7 @@ class _Run:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by `state()`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
