@@ -29,8 +29,9 @@ def setup():
 
 def test_every_analysis_is_json_serializable_and_deterministic(setup):
     model, batches, _, _ = setup
-    first = analyze(model, F.cross_entropy, batches, what=ANALYSES, n_probes=4, density_steps=10, ascent_steps=3, nonuniformity_orders=(2,))
-    second = analyze(model, F.cross_entropy, batches, what=ANALYSES, n_probes=4, density_steps=10, ascent_steps=3, nonuniformity_orders=(2,))
+    options = dict(what=ANALYSES, n_probes=4, density_steps=10, ascent_steps=3, nonuniformity_orders=(2,))
+    first = analyze(model, F.cross_entropy, batches, **options)
+    second = analyze(model, F.cross_entropy, batches, **options)
     assert json.loads(json.dumps(first)) == first == second
     assert set(ANALYSES) <= set(first)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samscale.hessian import MomentOperator, NonUniformityOperator, nonuniformity
+from samscale.hessian import HessianOperator, MomentOperator, NonUniformityOperator, nonuniformity
 
 DT = torch.float64
 
@@ -99,11 +99,10 @@ def test_batchnorm_in_train_mode_is_refused():
 
 def test_batchnorm_in_eval_mode_uses_running_statistics():
     """In eval mode BN is a fixed affine map per example: M_1 equals the mean-loss Hessian."""
-    from samscale.hessian import HessianOperator
-
     torch.manual_seed(6)
     model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Tanh(), nn.Linear(3, 2)).to(DT)
     model[1].running_mean.fill_(0.3)
     x, y = torch.randn(6, 2, dtype=DT), torch.tensor([0, 1, 0, 1, 1, 0])
     first = MomentOperator(model, F.cross_entropy, (x, y), 1).to_dense()
-    torch.testing.assert_close(first, HessianOperator(model, F.cross_entropy, (x, y)).to_dense(), rtol=1e-10, atol=1e-12)
+    hessian = HessianOperator(model, F.cross_entropy, (x, y)).to_dense()
+    torch.testing.assert_close(first, hessian, rtol=1e-10, atol=1e-12)

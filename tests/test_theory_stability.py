@@ -134,7 +134,8 @@ def test_paper_second_moment_identity_and_sufficient_condition():
     base = eye - eta * mean - eta * rho * mean @ mean
     formula = base @ base + eta * (eta - 2 * rho) * s(2) + 2 * eta**2 * rho * s(3) + eta**2 * rho**2 * s(4)
     torch.testing.assert_close(formula, direct, rtol=1e-12, atol=1e-12)
-    assert sufficient_stability(hessians, eta, rho) == pytest.approx(float(torch.linalg.eigvalsh(direct)[-1]), rel=1e-12)
+    top = float(torch.linalg.eigvalsh(direct)[-1])
+    assert sufficient_stability(hessians, eta, rho) == pytest.approx(top, rel=1e-12)
 
 
 def small_noise_problem():

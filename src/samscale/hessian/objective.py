@@ -257,23 +257,3 @@ class Objective:
             return total
 
         return hvp
-
-    def compiled_hvp(self) -> Callable[[Tensor], Tensor]:
-        """v ↦ ∇²f(w)·v at the snapshot point by forward-over-reverse, each batch's product compiled with
-        torch.compile. The first product compiles (tens of seconds on a CPU, again for a new batch shape); later
-        products run the compiled code. Compilation errors are raised, not hidden."""
-        def batch_product(params: dict, tangent: dict, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-            return forward_over_reverse(lambda p: self.batch_loss(p, x, y), params, tangent)
-
-        compiled = torch.compile(batch_product)
-        params = {n: t.clone() for n, t in self.unflatten(self.point).items()}  # not views: compiled jvp needs that
-
-        def hvp(vector: Tensor) -> Tensor:
-            tangent = {n: t.clone() for n, t in self.unflatten(vector).items()}
-            total = torch.zeros(self.size, dtype=self.dtype, device=self.device)
-            with evaluation_mode(self.model, self.bn_mode):
-                for w, (x, y) in zip(self._weights, self.batches):
-                    total += w * self.flatten(compiled(params, tangent, x, y))
-            return total
-
-        return hvp

@@ -69,8 +69,6 @@ class HessianOperator(LinearOperator):
     `bn_mode="eval"` uses BatchNorm running statistics; `"train"` uses batch statistics without updating them.
     `cache=True` (double backward only) builds every batch's gradient graph once, on the first product, and keeps it
     in memory, so each product is one backward pass: worth it for many products on a small analysis set.
-    `compile=True` (forward-over-reverse only) runs each batch's product through torch.compile, compiled on the
-    first product: worth it when the compilation time is small next to the products to come.
     The parameters are a snapshot taken at construction; the model is never modified.
     """
 
@@ -85,7 +83,6 @@ class HessianOperator(LinearOperator):
         params: Iterable[str | nn.Parameter] | None = None,
         hvp_mode: str = "fwd_rev",
         cache: bool = False,
-        compile: bool = False,
     ) -> None:
         check_choice("hvp_mode", hvp_mode, HVP_MODES)
         if cache and hvp_mode != "double_backward":
@@ -93,22 +90,19 @@ class HessianOperator(LinearOperator):
                 f"cache=True needs hvp_mode='double_backward' (the only mode that reuses a gradient graph), "
                 f"got {hvp_mode!r}"
             )
-        if compile and hvp_mode != "fwd_rev":
-            raise ValueError(f"compile=True needs hvp_mode='fwd_rev', got {hvp_mode!r}")
         self.objective = Objective(model, loss_fn, batches, bn_mode=bn_mode, dtype=dtype, params=params)
         self.hvp_mode = hvp_mode
         self.cache = cache
-        self.compile = compile
         self._cached: Callable[[Tensor], Tensor] | None = None
         self.size = self.objective.size
         self.dtype = self.objective.dtype
         self.device = self.objective.device
 
     def matvec(self, vector: Tensor) -> Tensor:
-        if not (self.cache or self.compile):
+        if not self.cache:
             return self.objective.hvp(vector, mode=self.hvp_mode)
         if self._cached is None:
-            self._cached = self.objective.cached_hvp() if self.cache else self.objective.compiled_hvp()
+            self._cached = self.objective.cached_hvp()
         return self._cached(vector)
 
     def loss(self) -> float:

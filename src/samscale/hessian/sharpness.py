@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from samscale.hessian.lanczos import random_unit_vector
 from samscale.hessian.objective import Batch, LossFn, Objective, as_batches
