@@ -100,16 +100,8 @@ def test_summarize_history_picks_best_validation_epoch():
     assert summarize_history(history, classification=False)["best_epoch"] == 3
 
 
-def _resnet_config(tiny_config):
-    config = dict(tiny_config, data={"name": "cifar10-standin", "train_subset": 128, "val_size": 64},
-                  model={"family": "resnet18", "size": 4})
-    config["train"] = dict(config["train"], epochs=1)
-    return config
-
-
 @pytest.mark.slow
 def test_compiled_model_trains_like_eager(tiny_config):
-    config = _resnet_config(tiny_config)
-    eager = train_run(build_spec(config, ["optim.name=sam"]))
-    compiled = train_run(build_spec(config, ["optim.name=sam", "runtime.compile=true"]))
+    eager = train_run(build_spec(tiny_config, ["optim.name=sam"]))
+    compiled = train_run(build_spec(tiny_config, ["optim.name=sam", "runtime.compile=true"]))
     assert compiled.final["final_train_loss"] == pytest.approx(eager.final["final_train_loss"], rel=1e-3)
