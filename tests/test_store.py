@@ -1,6 +1,5 @@
 """The SQLite run store: registration, atomic claims, history, several writer processes."""
 import multiprocessing as mp
-import os
 
 import pytest
 

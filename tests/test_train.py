@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch
 
 from samscale.study.spec import build_spec
 from samscale.study.store import RunStore

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ def _store(workdir: Path):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train one run from a RunSpec YAML (skipped if the store already has it finished)."""
     from samscale.study.spec import load_spec
     from samscale.study.store import RunStore
     from samscale.study.executors import store_path_in
@@ -51,6 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    """Print the table of runs in a work directory's store."""
     import pandas as pd
 
     frame = _store(args.workdir).runs_frame(args.study)
@@ -67,6 +68,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """Print the paper's model ladders with their parameter counts."""
     from samscale.models.registry import LADDERS, describe_ladder
 
     families = [args.family] if args.family else list(LADDERS)
@@ -112,6 +114,7 @@ def run_sweep(study, workdir: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """Sweep a study YAML and (unless --no-report) write its report."""
     from samscale.study.study import load_study
 
     study = load_study(args.study, args.budget)
@@ -129,11 +132,13 @@ def _report(workdir: Path, command: str | None = None) -> Path:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild a study's report from its work directory."""
     print(_report(args.path))
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Run one of the paper's experiments at a budget, or list them."""
     from samscale.recipes import RECIPES, FunctionRecipe, check_data, get_recipe
 
     if args.list or not args.name:
@@ -165,6 +170,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    """Hessian analysis of a run or checkpoint; prints its headline numbers."""
     from samscale.analysis import analyze_target
 
     results = analyze_target(args.target, workdir=args.workdir, what=args.what.split(","),
@@ -176,6 +182,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="samscale", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -237,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `samscale` command; returns the exit status (2 for bad input)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -1,12 +1,17 @@
 """Errors samscale raises for bad input, each naming the bad value and what would be valid."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pydantic
+
 
 class ConfigError(ValueError):
     """A run or study configuration is invalid; the message names the field, the value and the valid choices."""
 
 
-def format_validation_error(err: "pydantic.ValidationError", prefix: str = "") -> str:  # noqa: F821
+def format_validation_error(err: pydantic.ValidationError, prefix: str = "") -> str:
     """Turn a pydantic ValidationError into one line per bad field: `field: problem (got value)`."""
     lines = []
     for item in err.errors():
