@@ -151,7 +151,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"report: {recipe.run(args.budget, out, on_progress=print)}")
         return 0
     status, reports = 0, []
-    for folder, study in recipe.studies(args.budget):
+    studies = recipe.studies(args.budget)
+    for folder, study in studies:
         missing = check_data(study)
         if missing:
             print(f"samscale: skipping {study.name} at budget {args.budget!r}: its data are not available here.")
@@ -162,7 +163,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"report: {reports[-1]}")
     if not reports:
         return 2
-    if folder:  # a combined recipe: one index over its members' reports
+    if any(folder for folder, _ in studies):  # a combined recipe: one index over its members' reports
         index = out / "index.md"
         index.write_text("".join(f"- [{p.parent.parent.name}]({p.relative_to(out)})\n" for p in reports))
         print(f"index of reports: {index}")
