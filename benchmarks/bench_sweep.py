@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from samscale.recipes import RECIPES
-from samscale.study.executors import LocalPoolExecutor, SerialExecutor, default_pool_shape
-from samscale.study.sweep import sweep
+from samscale.sweep.executors import LocalPoolExecutor, SerialExecutor, default_pool_shape
+from samscale.sweep.sweep import sweep
 
 
 def timed_sweep(study, executor) -> tuple[float, int]:

@@ -6,8 +6,8 @@ import yaml
 
 from samscale.cli import main
 from samscale.models.registry import param_count
-from samscale.study.executors import store_path_in
-from samscale.study.store import RunStore
+from samscale.workdir import store_path
+from samscale.store import RunStore
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_reproduce_list_and_smoke_report(tmp_path, capsys):
 def test_report_of_half_finished_study_renders(tmp_path, capsys):
     out = tmp_path / "half"
     assert main(["reproduce", "mnist-mlp", "--budget", "smoke", "--out", str(out), "--executor", "serial"]) == 0
-    store = RunStore(store_path_in(out))
+    store = RunStore(store_path(out))
     frame = store.runs_frame()
     for run_id in frame["run_id"][:5]:  # pretend five runs never finished
         store.finish(run_id, "pending")
@@ -71,7 +71,7 @@ def test_report_of_half_finished_study_renders(tmp_path, capsys):
 def test_analyze_a_run_from_the_store(config_file, tmp_path, capsys):
     workdir = tmp_path / "w"
     assert main(["train", str(config_file), "--workdir", str(workdir)]) == 0
-    run_id = RunStore(store_path_in(workdir)).runs_frame()["run_id"].iloc[0]
+    run_id = RunStore(store_path(workdir)).runs_frame()["run_id"].iloc[0]
     capsys.readouterr()
     assert main(["analyze", run_id[:8], "--workdir", str(workdir), "--what", "lambda_max,trace",
                  "--n-examples", "64"]) == 0
@@ -80,7 +80,7 @@ def test_analyze_a_run_from_the_store(config_file, tmp_path, capsys):
     report = json.loads((workdir / "analysis" / run_id / "analysis.json").read_text())
     assert report["run_id"] == run_id and report["lambda_max"]["value"] > 0
     assert (workdir / "analysis" / run_id / "eigenvalues.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    frame = RunStore(store_path_in(workdir)).runs_frame()
+    frame = RunStore(store_path(workdir)).runs_frame()
     assert frame["analysis.lambda_max"].iloc[0] == pytest.approx(report["lambda_max"]["value"])
 
 

@@ -13,11 +13,11 @@ from torch.func import functional_call, hessian
 
 from samscale.data import DatasetUnavailable, load_dataset
 from samscale.errors import ConfigError
-from samscale.experiments.stability import run_stability, trained_model
-from samscale.experiments.stability_bounds import stability_bounds, summarize_against_bounds
-from samscale.experiments.stability_budgets import BUDGETS, OPTIMIZERS, StabilityBudget, get_budget
+from samscale.experiments.stability.run import run_stability, trained_model
+from samscale.experiments.stability.bounds import stability_bounds, summarize_against_bounds
+from samscale.experiments.stability.budgets import BUDGETS, OPTIMIZERS, StabilityBudget, get_budget
 from samscale.recipes import get_recipe
-from samscale.study.spec import RunSpec
+from samscale.spec.run import RunSpec
 from samscale.train.loop import dataset_for
 
 PLOTS = ("curvature", "eigenvalues", "training-loss")

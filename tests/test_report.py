@@ -14,7 +14,7 @@ from samscale.report import paper_gains, write_report
 from samscale.report.figures import build_plots, gain_label, save_plot, with_paper
 from samscale.report.render import NO_RUNS
 from samscale.report.tables import format_value, markdown_table
-from samscale.study.selection import SelectionRule, rho_table, select, summarize
+from samscale.selection.select import SelectionRule, rho_table, select, summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RULE = SelectionRule(group_by=["data.label_noise"])

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from samscale.study.spec import ScheduleSpec
+from samscale.spec.run import ScheduleSpec
 from samscale.train.schedule import lr_multiplier, step_boundaries
 
 

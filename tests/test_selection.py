@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from samscale.errors import ConfigError
-from samscale.study.selection import SelectionRule, rho_table, select, summarize, t_quantile_975
+from samscale.selection.select import SelectionRule, rho_table, select, summarize, t_quantile_975
 
 NAN = math.nan
 

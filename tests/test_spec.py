@@ -2,7 +2,7 @@
 import pytest
 
 from samscale.errors import ConfigError
-from samscale.study.spec import RunSpec, build_spec, flatten, parse_override
+from samscale.spec.run import RunSpec, build_spec, flatten, parse_override
 
 
 def test_run_id_is_stable_and_ignores_non_identity_fields():

@@ -3,8 +3,8 @@ import multiprocessing as mp
 
 import pytest
 
-from samscale.study.spec import build_spec
-from samscale.study.store import RunStore
+from samscale.spec.run import build_spec
+from samscale.store import RunStore
 
 
 def _spec(seed=0):

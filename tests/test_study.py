@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from samscale.errors import ConfigError
-from samscale.study.executors import LocalPoolExecutor, SerialExecutor, store_path_in
-from samscale.study.store import RunStore
-from samscale.study.study import Study, load_study
-from samscale.study.sweep import sweep
+from samscale.sweep.executors import LocalPoolExecutor, SerialExecutor
+from samscale.workdir import store_path
+from samscale.store import RunStore
+from samscale.spec.study import Study, load_study
+from samscale.sweep.sweep import sweep
 
 METRIC_COLUMNS = ["run_id", "status", "final_train_loss", "final_val_acc", "final_test_acc", "best_epoch"]
 
@@ -97,7 +98,7 @@ def _live_members(group: int) -> list[int]:
 
 
 def _final_table(workdir):
-    frame = RunStore(store_path_in(workdir)).runs_frame("tiny")
+    frame = RunStore(store_path(workdir)).runs_frame("tiny")
     return frame[METRIC_COLUMNS].sort_values("run_id").reset_index(drop=True)
 
 
@@ -113,7 +114,7 @@ def test_kill_mid_sweep_then_resume_loses_and_repeats_nothing(tiny_config, tmp_p
     killed = tmp_path / "killed"
     process = subprocess.Popen(_sweep_command(path, killed, executor, workers=2), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    store_file = store_path_in(killed)
+    store_file = store_path(killed)
     deadline = time.time() + 120
     while time.time() < deadline:  # kill once some run is finished and another is mid-way
         if store_file.exists():
@@ -147,7 +148,7 @@ def test_two_sweeps_share_one_store(tiny_config, tmp_path):
                  for _ in range(2)]
     for p in processes:
         assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
-    frame = RunStore(store_path_in(workdir)).runs_frame()
+    frame = RunStore(store_path(workdir)).runs_frame()
     assert len(frame) == 12 and (frame["status"] == "complete").all()
     assert (frame["attempts"] == 1).all()  # every run trained by exactly one of the two sweeps
 
@@ -162,7 +163,7 @@ def test_local_pool_equals_serial(tiny_config, tmp_path):
 @pytest.mark.ray
 def test_ray_executor_runs_the_smoke_study(tiny_config, tmp_path):
     ray = pytest.importorskip("ray")
-    from samscale.study.executors import RayExecutor
+    from samscale.sweep.executors import RayExecutor
 
     study = _study(tiny_config, epochs=1, seeds=(0,))
     sweep(study, tmp_path / "serial", SerialExecutor())
@@ -174,18 +175,18 @@ def test_ray_executor_runs_the_smoke_study(tiny_config, tmp_path):
         ray.shutdown()
     assert summary.count("complete") == 6
     assert _final_table(tmp_path / "ray").equals(_final_table(tmp_path / "serial"))
-    assert list(RunStore(store_path_in(tmp_path / "ray")).history(summary.outcomes[0].run_id)["epoch"]) == [1]
+    assert list(RunStore(store_path(tmp_path / "ray")).history(summary.outcomes[0].run_id)["epoch"]) == [1]
 
 
 def test_end_of_training_analysis_is_stored_and_plotted(tiny_config, tmp_path):
-    from samscale.study.report_job import build_study_report
+    from samscale.report.study_report import build_study_report
 
     base = dict(tiny_config, analysis={"what": ["lambda_max", "nonuniformity"], "n_examples": 32})
     study = Study(name="curv", base=base, grid={"model.size": [0.25, 0.5], "train.seed": [0]},
                   arms=[{"name": "sgd", "set": {"optim.name": "sgd"}},
                         {"name": "sam", "set": {"optim.name": "sam", "optim.rho": 0.05}}])
     sweep(study, tmp_path, SerialExecutor())
-    frame = RunStore(store_path_in(tmp_path)).runs_frame("curv")
+    frame = RunStore(store_path(tmp_path)).runs_frame("curv")
     assert (frame["analysis.lambda_max"] > 0).all() and frame["analysis.s2"].notna().all()
     html = build_study_report(tmp_path, command="test").read_text()
     assert "lambda_max" in html and "s2" in html

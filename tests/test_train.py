@@ -3,10 +3,12 @@ import math
 
 import pytest
 
-from samscale.study.spec import build_spec
-from samscale.study.store import RunStore
+from samscale.spec.run import build_spec
+from samscale.store import RunStore
+from samscale.sweep.recorder import StoreRecorder
 from samscale.train.checkpoint import load_checkpoint
-from samscale.train.loop import build_model_for, checkpoint_path, dataset_for, summarize_history, train_run
+from samscale.train.loop import build_model_for, dataset_for, summarize_history, train_run
+from samscale.workdir import checkpoint_path
 
 
 def _numbers(history):
@@ -27,14 +29,15 @@ def test_training_learns_and_records_every_epoch(tiny_config, tmp_path):
     store = RunStore(tmp_path / "s.db")
     spec = build_spec(tiny_config, ["train.epochs=6"])
     store.register(spec)
-    result = train_run(spec, store=store)
+    result = train_run(spec, on_event=StoreRecorder(store))
     assert result.status == "complete"
     history = store.history(spec.run_id)
     assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     assert result.final["final_test_acc"] > 0.2  # 10 classes: chance is 0.1
     # the lr follows the step schedule: x0.1 after half of the steps
-    assert history["lr"].iloc[0] == pytest.approx(0.05) and history["lr"].iloc[-1] == pytest.approx(0.005)
+    # (each epoch logs the rate its first step used: epochs 1-3 at 0.05, epochs 4-6 at 0.005)
+    assert list(history["lr"]) == pytest.approx([0.05] * 3 + [0.005] * 3)
     row = store.runs_frame().iloc[0]
     assert row["status"] == "complete" and row["n_params"] == 40 * 75 + 75 + 75 * 25 + 25 + 25 * 10 + 10
 
@@ -43,7 +46,7 @@ def test_divergence_ends_the_run_without_crashing(tiny_config, tmp_path):
     store = RunStore(tmp_path / "s.db")
     spec = build_spec(tiny_config, ["optim.lr=1e6", "optim.momentum=0.99"])
     store.register(spec)
-    result = train_run(spec, store=store)
+    result = train_run(spec, on_event=StoreRecorder(store))
     assert result.status == "diverged"
     assert store.status(spec.run_id) == "diverged"
     assert not math.isfinite(result.history[-1]["train_loss"])

@@ -6,16 +6,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from samscale.errors import ConfigError
+from samscale.errors import ConfigError, UsageError
 
 DEFAULT_WORKDIR = Path("runs")
 
 
 def _store(workdir: Path):
-    from samscale.study.executors import store_path_in
-    from samscale.study.store import RunStore
+    from samscale.store import RunStore
+    from samscale.workdir import store_path
 
-    path = store_path_in(workdir)
+    path = store_path(workdir)
     if not path.exists():
         raise ConfigError(f"no run store at {path}; train or sweep first, or pass --workdir")
     return RunStore(path)
@@ -23,31 +23,40 @@ def _store(workdir: Path):
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one run from a RunSpec YAML (skipped if the store already has it finished)."""
-    from samscale.study.spec import load_spec
-    from samscale.study.store import RunStore
-    from samscale.study.executors import store_path_in
-    from samscale.train.loop import train_run
+    from samscale.spec.run import load_spec
+    from samscale.store import RunStore
+    from samscale.sweep.executors import execute_run
+    from samscale.train.events import EpochEnded
+    from samscale.version import code_version
+    from samscale.workdir import store_path
 
     spec = load_spec(args.config, args.set)
-    store = RunStore(store_path_in(args.workdir))
+    _positive("--threads", args.threads)
+    store = RunStore(store_path(args.workdir))
     store.register(spec, study=args.study)
-    if not store.claim(spec.run_id, retry_failed=True):
-        print(f"run {spec.run_id} is {store.status(spec.run_id)}; nothing to do")
+    status = store.status(spec.run_id)
+    if status in ("complete", "diverged"):
+        print(f"run {spec.run_id} is {status}; nothing to do")
         return 0
-    print(f"run {spec.run_id}: {spec.label()}  (store {store.path})")
+    print(f"run {spec.run_id}: {spec.label()}  (store {store.path}, code {code_version()})")
 
-    def show(epoch: int, row: dict) -> None:
-        parts = [f"{key}={row[key]:.4f}" for key in ("train_loss", "train_acc", "val_acc", "test_acc") if key in row]
-        print(f"  epoch {epoch:>3}/{spec.train.epochs}  " + "  ".join(parts) + f"  ({row['seconds']:.1f}s)", flush=True)
+    def show(event) -> None:
+        if isinstance(event, EpochEnded):
+            row = event.row
+            parts = [f"{key}={row[key]:.4f}" for key in ("train_loss", "train_acc", "val_acc", "test_acc") if key in row]
+            seconds = f"  ({row['seconds']:.1f}s)" if "seconds" in row else ""
+            print(f"  epoch {event.epoch:>3}/{spec.train.epochs}  " + "  ".join(parts) + seconds, flush=True)
 
-    try:
-        result = train_run(spec, store=store, workdir=args.workdir, on_epoch=show)
-    except BaseException as err:
-        store.finish(spec.run_id, "failed", error=repr(err))
-        raise
-    summary = {k: v for k, v in result.final.items() if k.startswith(("final_", "best_"))}
-    print(f"{result.status}: " + "  ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
-    return 0 if result.status == "complete" else 1
+    outcome = execute_run(spec.model_dump_json(), str(store.path), str(args.workdir), args.threads, on_event=show)
+    if outcome.status == "busy":
+        print(f"run {spec.run_id} is being trained by another live process; nothing to do")
+        return 0
+    if outcome.status == "failed":
+        print(f"run {spec.run_id} failed:\n{outcome.error}", file=sys.stderr)
+        return 1
+    summary = {k: v for k, v in (outcome.final or {}).items() if k.startswith(("final_", "best_"))}
+    print(f"{outcome.status}: " + "  ".join(f"{k}={v:.4f}" for k, v in summary.items() if isinstance(v, float)))
+    return 0 if outcome.status == "complete" else 1
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -61,7 +70,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.status:
         frame = frame[frame["status"] == args.status]
     columns = ["run_id", "status", "label", "n_params", "epochs_done", "epochs", "final_train_loss",
-               "final_val_acc", "final_test_acc"]
+               "final_val_acc", "final_test_acc", "code_version"]
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(frame[[c for c in columns if c in frame]].to_string(index=False))
     return 0
@@ -80,14 +89,28 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(total: int, done: int):
+def _positive(option: str, value: int | float | None) -> None:
+    """Refuse a count that is not positive, naming the option (argparse's exit status 2 follows)."""
+    if value is not None and not value > 0:
+        raise UsageError(f"{option} must be a positive number, got {value}")
+
+
+def _progress(todo, done: int, total: int):
+    """A progress bar over the runs' estimated cost (so the ETA holds although the longest runs start first)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=done, unit="run", desc="sweep", dynamic_ncols=True)
+    from samscale.sweep.sweep import estimated_cost
 
-    def update(outcome, finished: int, _total: int) -> None:
-        bar.update(1)
-        bar.set_postfix_str(f"{outcome.status}: {outcome.label}")
+    costs = {spec.run_id: estimated_cost(spec) for spec in todo}
+    scale = sum(costs.values()) / max(len(costs), 1) or 1.0
+    bar = tqdm(total=round(sum(costs.values()) / scale, 2), unit="run-equiv", desc="sweep", dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
+    finished = [done]
+
+    def update(outcome, _finished: int, _total: int) -> None:
+        finished[0] += 1
+        bar.update(round(costs.get(outcome.run_id, scale) / scale, 2))
+        bar.set_postfix_str(f"{finished[0]}/{total} runs; {outcome.status}: {outcome.label}")
         if outcome.status == "failed":
             bar.write(f"run {outcome.run_id} failed: {(outcome.error or '').strip().splitlines()[-1:]}")
 
@@ -96,18 +119,23 @@ def _progress(total: int, done: int):
 
 def run_sweep(study, workdir: Path, args: argparse.Namespace) -> int:
     """Sweep a study with the executor chosen on the command line, showing progress with an ETA."""
-    from samscale.study.executors import make_executor
-    from samscale.study.store import FINISHED
-    from samscale.study.sweep import prepare, sweep
+    from samscale.sweep.executors import make_executor
+    from samscale.sweep.sweep import plan, sweep
 
-    store, specs = prepare(study, workdir)
-    done = sum(store.status(spec.run_id) in FINISHED for spec in specs)
-    print(f"study {study.name!r}: {len(specs)} runs, {done} already finished; store {store.path}")
+    for option in ("workers", "threads", "gpus_per_run"):
+        if option != "gpus_per_run" or getattr(args, option):
+            _positive("--" + option.replace("_", "-"), getattr(args, option))
+    other_versions = "rerun" if args.rerun_other_versions else "reuse" if args.reuse_other_versions else "refuse"
     executor = make_executor(args.executor, workers=args.workers, threads=args.threads, address=args.address,
                              gpus_per_run=args.gpus_per_run)
-    bar, update = _progress(len(specs), done)
+    store, todo, decision = plan(study, workdir, other_versions)
+    total = decision["total"]
+    print(f"study {study.name!r}: {total} runs, {total - len(todo)} already finished; store {store.path}")
+    if decision["message"]:
+        print(decision["message"])
+    bar, update = _progress(todo, total - len(todo), total)
     with bar:
-        summary = sweep(study, workdir, executor, on_result=update)
+        summary = sweep(study, workdir, executor, on_result=update, other_versions="reuse")
     counts = {s: summary.count(s) for s in ("complete", "diverged", "failed", "busy")}
     print("sweep finished: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" ({summary.skipped} skipped)")
     return 1 if counts["failed"] else 0
@@ -115,7 +143,7 @@ def run_sweep(study, workdir: Path, args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Sweep a study YAML and (unless --no-report) write its report."""
-    from samscale.study.study import load_study
+    from samscale.spec.study import load_study
 
     study = load_study(args.study, args.budget)
     workdir = args.out or DEFAULT_WORKDIR / study.name
@@ -126,7 +154,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _report(workdir: Path, command: str | None = None) -> Path:
-    from samscale.study.report_job import build_study_report
+    from samscale.report.study_report import build_study_report
 
     return build_study_report(workdir, command=command or " ".join(["samscale", *map(shlex.quote, sys.argv[1:])]))
 
@@ -172,7 +200,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Hessian analysis of a run or checkpoint; prints its headline numbers."""
-    from samscale.analysis import analyze_target
+    from samscale.report.run_analysis import analyze_target
 
     results = analyze_target(args.target, workdir=args.workdir, what=args.what.split(","),
                              n_examples=args.n_examples, out=args.out)
@@ -191,54 +219,63 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="folder of the run store and checkpoints")
 
     p = sub.add_parser("train", help="train one run from a RunSpec YAML")
-    p.add_argument("config", type=Path)
+    p.add_argument("config", type=Path, help="RunSpec YAML file (see examples/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. optim.rho=0.1")
     p.add_argument("--study", default=None, help="also list the run under this study name")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for this run (default: torch's choice)")
     workdir_option(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("runs", help="table of the runs in a store")
-    p.add_argument("--study", default=None)
-    p.add_argument("--status", default=None)
+    p.add_argument("--study", default=None, help="only the runs of this study")
+    p.add_argument("--status", default=None, choices=("pending", "running", "complete", "diverged", "failed"),
+                   help="only the runs with this status")
     workdir_option(p)
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("models", help="the paper's model ladders with parameter counts")
-    p.add_argument("--family", default=None)
+    p.add_argument("--family", default=None, help="only this family's ladder (default: all)")
     p.set_defaults(func=cmd_models)
 
     def executor_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--executor", choices=("local", "serial", "ray"), default="local")
+        p.add_argument("--executor", choices=("local", "serial", "ray"), default="local",
+                       help="where runs train: a local process pool (default), this process, or Ray")
         p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
         p.add_argument("--threads", type=int, default=None, help="torch threads per worker / CPUs per Ray task")
         p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
         p.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray: GPUs per run (fractions allowed)")
+        versions = p.add_mutually_exclusive_group()
+        versions.add_argument("--reuse-other-versions", action="store_true",
+                              help="keep finished runs that another code version produced (default: refuse)")
+        versions.add_argument("--rerun-other-versions", action="store_true",
+                              help="train finished runs of another code version again with this code")
 
     p = sub.add_parser("sweep", help="run a study's grid resumably")
-    p.add_argument("study", type=Path)
-    p.add_argument("--budget", default=None)
+    p.add_argument("study", type=Path, help="study YAML file (see examples/)")
+    p.add_argument("--budget", default=None, help="one of the study's budgets (e.g. smoke, cpu, paper)")
     p.add_argument("--out", type=Path, default=None, help="work directory (default: runs/STUDY_NAME)")
-    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="do not write the report after the sweep")
     executor_options(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="build the report of a study's work directory")
-    p.add_argument("path", type=Path)
+    p.add_argument("path", type=Path, help="the study's work directory (holds study.yaml and samscale.db)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="reproduce one of the paper's experiments")
-    p.add_argument("name", nargs="?")
-    p.add_argument("--list", action="store_true")
-    p.add_argument("--budget", choices=("smoke", "cpu", "paper"), default="cpu")
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("name", nargs="?", help="recipe name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the recipes")
+    p.add_argument("--budget", choices=("smoke", "cpu", "paper"), default="cpu",
+                   help="smoke (under a minute), cpu (minutes on a laptop) or paper (the paper's protocol)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: results/NAME-BUDGET)")
     executor_options(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("analyze", help="Hessian analysis of a trained run or checkpoint")
     p.add_argument("target", help="run id (or unique prefix) in --workdir, or a checkpoint path")
     p.add_argument("--what", default="lambda_max,trace,moments", help="comma list: lambda_max,trace,moments,density")
-    p.add_argument("--n-examples", type=int, default=512)
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--n-examples", type=int, default=512, help="training examples the Hessian is taken over")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: WORKDIR/analysis/RUN_ID)")
     workdir_option(p)
     p.set_defaults(func=cmd_analyze)
     return parser
@@ -246,10 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `samscale` command; returns the exit status (2 for bad input)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, KeyError, FileNotFoundError) as err:
+    except UsageError as err:
+        parser.print_usage(sys.stderr)
+        print(f"samscale {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (ConfigError, KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"samscale: error: {message}", file=sys.stderr)
         return 2

@@ -11,6 +11,10 @@ class ConfigError(ValueError):
     """A run or study configuration is invalid; the message names the field, the value and the valid choices."""
 
 
+class UsageError(ConfigError):
+    """A command-line option has a bad value (the CLI exits with argparse's status 2 and its usage line)."""
+
+
 def format_validation_error(err: pydantic.ValidationError, prefix: str = "") -> str:
     """Turn a pydantic ValidationError into one line per bad field: `field: problem (got value)`."""
     lines = []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -109,3 +110,16 @@ def analyze(
             "standard_error": estimate.standard_error,
         }
     return report
+
+
+def scalar_summary(report: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of an `analyze` report, flat: lambda_max, trace, s2, moment_2, sharpness, …"""
+    scalars: dict[str, float] = {"loss": float(report["loss"])}
+    for name in ("lambda_max", "trace", "frobenius", "worst_case_sharpness", "average_case_sharpness"):
+        if name in report:
+            scalars[name] = float(report[name]["value"])
+    for k, entry in report.get("moments", {}).items():
+        scalars[f"moment_{k}"] = float(entry["value"])
+    for k, value in report.get("nonuniformity", {}).items():
+        scalars[f"s{k}"] = float(value)
+    return scalars

@@ -41,7 +41,7 @@ class StudyRecipe:
 
     def study(self, budget: str):
         """The recipe's study at `budget`."""
-        from samscale.study.study import load_study
+        from samscale.spec.study import load_study
 
         return load_study(recipe_path(self.name), budget)
 
@@ -73,7 +73,7 @@ class FunctionRecipe:
 
 
 def _stability(budget: str, out: Path, on_progress: Callable[[str], None] | None = None) -> Path:
-    from samscale.experiments.stability import run_stability
+    from samscale.experiments.stability.run import run_stability
 
     return run_stability(budget, out, on_progress=on_progress)
 

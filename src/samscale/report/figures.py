@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from samscale.study.selection import ARMS, SelectionRule, analysis_names
+from samscale.selection.select import ARMS, SelectionRule, analysis_names
 
 FIGSIZE = (6.0, 4.0)
 DPI = 100

@@ -15,7 +15,7 @@ import pandas as pd
 
 from samscale.report.figures import Plot, build_plots, epoch_label, save_plot
 from samscale.report.tables import html_table, markdown_table
-from samscale.study.selection import (
+from samscale.selection.select import (
     COMPLETE, DIVERGED, STATUSES, UNFINISHED, SelectionRule, rho_table, select, summarize,
 )
 

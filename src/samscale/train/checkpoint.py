@@ -1,4 +1,8 @@
-"""Atomic checkpoints: written to a temporary file and renamed, so a crash never leaves a torn checkpoint."""
+"""Atomic checkpoints: written to a temporary file and renamed, so a crash never leaves a torn checkpoint.
+
+Checkpoints are read with `torch.load(weights_only=True)`: tensors, numbers, strings and plain containers only, so a
+crafted file can never run code. Anything else is refused with a message that names the file.
+"""
 from __future__ import annotations
 
 import os
@@ -6,7 +10,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pickle
+import zipfile
+
 import torch
+
+from samscale.errors import ConfigError
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -26,8 +35,17 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
-    """Read a checkpoint written by `save_checkpoint`, or None when there is none."""
+    """Read a checkpoint written by `save_checkpoint`, or None when there is none; never unpickles code."""
     path = Path(path)
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"{path}: refused to load; it holds objects other than tensors and plain data, which "
+                          f"could run code ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise ConfigError(f"{path} is not a readable checkpoint ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path} is not a samscale checkpoint (it holds a {type(state).__name__}, not a dict)")
+    return state

@@ -1,17 +1,19 @@
 """One run, top to bottom: data → model → optimizer → epochs of (train, evaluate, checkpoint) → final summary.
 
-`train_run(spec)` is the only entry point. It resumes from the run's checkpoint when one exists, records each epoch
-in the store (when given one), ends with status `diverged` instead of crashing on a non-finite loss, and is
-deterministic on CPU for a given RunSpec.
+`train_run(spec)` is the only entry point. It resumes from the run's checkpoint when one exists, reports what happens
+through events (`samscale.train.events`; it never writes the run store), ends with status `diverged` instead of
+crashing on a non-finite loss, and is deterministic on CPU for a given RunSpec. It leaves the process as it found it:
+the global RNG and torch's thread count are restored when it returns.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +23,21 @@ from samscale.data import Dataset, ImageFolderSplit, Split, load_dataset, make_l
 from samscale.models.registry import build_model, count_params
 from samscale.optim import SAM, sam_update
 from samscale.sparsity import MaskEnforcer, make_masks
-from samscale.study.spec import DataSpec, RunSpec
-from samscale.study.store import RunStore
+from samscale.spec.run import DataSpec, RunSpec
+from samscale.spec.status import RunStatus
 from samscale.train.checkpoint import load_checkpoint, save_checkpoint
+from samscale.train.curvature import analyze_model
+from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunStarted
 from samscale.train.metrics import EpochMeter, evaluate
 from samscale.train.schedule import lr_multiplier
+from samscale.hessian.analyze import scalar_summary
+from samscale.workdir import checkpoint_path
 
-EpochCallback = Callable[[int, dict[str, float]], None]
+# Seeds of the run's random streams, all derived from `train.seed` so that one seed fixes everything. The offsets
+# are large odd numbers so that the streams of seeds s and s + 1 never coincide.
+DATA_ORDER_SEED_OFFSET = 1_000_003  # shuffling and augmentation of the training set
+SNIP_BATCH_SEED_OFFSET = 2_000_003  # the batch SNIP scores weights on
+MASK_SEED_OFFSET = 3_000_017  # random layer-wise pruning masks
 
 
 @dataclass
@@ -97,15 +107,20 @@ def build_optimizer(spec: RunSpec, params: list[nn.Parameter]) -> torch.optim.Op
 
 
 def build_model_for(spec: RunSpec, dataset: Dataset) -> nn.Module:
-    """The spec's model, sized for the dataset's input shape and output dimension, initialized from the run seed."""
-    torch.manual_seed(spec.train.seed)
-    return build_model(
-        spec.model.family,
-        spec.model.size,
-        input_shape=tuple(dataset.input_shape),
-        num_classes=dataset.output_dim,
-        **spec.model.options,
-    )
+    """The spec's model, sized for the dataset's input shape and output dimension, initialized from the run seed.
+
+    The initialization draws from torch's global RNG seeded with `train.seed`, inside a fork, so the caller's global
+    RNG state is the same afterwards.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.train.seed)
+        return build_model(
+            spec.model.family,
+            spec.model.size,
+            input_shape=tuple(dataset.input_shape),
+            num_classes=dataset.output_dim,
+            **spec.model.options,
+        )
 
 
 def _split_to(split: Split | ImageFolderSplit, device: torch.device) -> Split | ImageFolderSplit:
@@ -141,7 +156,7 @@ class _Run:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.n_params = count_params(self.model)
-        self.generator = torch.Generator().manual_seed(spec.train.seed + 1_000_003)
+        self.generator = torch.Generator().manual_seed(spec.train.seed + DATA_ORDER_SEED_OFFSET)
         self.optimizer = build_optimizer(spec, list(self.model.parameters()))
         masks = self._make_masks()
         if masks is not None:  # pruned weights get zero gradients and are re-zeroed after every base step
@@ -167,7 +182,7 @@ class _Run:
             return None
         batch = None
         if sparsity.method == "snip":
-            generator = torch.Generator().manual_seed(self.spec.train.seed + 2_000_003)
+            generator = torch.Generator().manual_seed(self.spec.train.seed + SNIP_BATCH_SEED_OFFSET)
             first = next(iter(make_loader(self.train_split, self.spec.train.batch_size, shuffle=True,
                                           generator=generator)))
             batch = tuple(t.to(self.device) for t in first)
@@ -175,33 +190,44 @@ class _Run:
             self.model,
             sparsity.method,
             sparsity.sparsity,
-            generator=torch.Generator().manual_seed(self.spec.train.seed + 3_000_017),
+            generator=torch.Generator().manual_seed(self.spec.train.seed + MASK_SEED_OFFSET),
             batch=batch,
             loss_fn=self.loss_fn,
         )
 
     # -- checkpoint state ------------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Everything needed to continue this run bit-identically (and to know which run it is)."""
-        return {
+    def state(self, *, weights_only: bool = False) -> dict[str, Any]:
+        """Everything needed to continue this run bit-identically (and to know which run it is).
+
+        With `weights_only` (a finished run), the optimizer, scheduler and data-order state are left out: analysis
+        needs the weights, and a finished run is never continued.
+        """
+        state = {
             "run_id": self.spec.run_id,
             "spec": self.spec.model_dump_json(),
             "epoch": self.epoch,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "generator": self.generator.get_state(),
             "history": self.history,
         }
+        if not weights_only:
+            state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                         generator=self.generator.get_state())
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by `state()`."""
+        """Continue from a checkpoint written by `state()` (a weights-only one only if the run is finished)."""
+        if state.get("run_id") != self.spec.run_id:
+            raise ValueError(f"checkpoint is of run {state.get('run_id')!r}, not of run {self.spec.run_id!r}")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.generator.set_state(state["generator"])
+        elif self.epoch < self.spec.train.epochs:
+            raise ValueError(f"checkpoint of run {self.spec.run_id} at epoch {self.epoch} has no optimizer state; "
+                             "only a finished run's checkpoint may be weights-only")
 
     # -- one epoch -------------------------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
@@ -245,79 +271,82 @@ def _autocast(spec: RunSpec, device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def checkpoint_path(workdir: str | Path, run_id: str) -> Path:
-    """Where a run's last checkpoint lives under a work directory."""
-    return Path(workdir) / "checkpoints" / f"{run_id}.pt"
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Use `threads` torch threads inside the block and restore the process's setting afterwards."""
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def train_run(
     spec: RunSpec,
     *,
-    store: RunStore | None = None,
     workdir: str | Path | None = None,
-    on_epoch: EpochCallback | None = None,
+    on_event: EventHandler | None = None,
     max_epochs: int | None = None,
 ) -> RunResult:
     """Train one run to completion (or divergence), resuming from its checkpoint under `workdir` if present.
 
-    `max_epochs` stops early after that many epochs in this call (the run stays resumable); used to test resume.
+    Events (`RunStarted`, `EpochEnded`, `RunEnded`) go to `on_event`. `max_epochs` stops early after that many
+    epochs in this call (the run stays resumable; the result's status is `running`); used to test resume.
     """
-    if spec.runtime.threads:
-        torch.set_num_threads(spec.runtime.threads)
+    with _torch_threads(spec.runtime.threads):
+        return _train(spec, workdir, on_event or (lambda event: None), max_epochs)
+
+
+def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_epochs: int | None) -> RunResult:
     device = resolve_device(spec.runtime.device)
     run = _Run(spec, device)
     run_id = spec.run_id
     ckpt = checkpoint_path(workdir, run_id) if workdir is not None else None
     if ckpt is not None and (state := load_checkpoint(ckpt)) is not None:
         run.restore(state)
-    if store is not None:
-        store.register(spec, n_params=run.n_params)
-        for row in run.history:  # a crash between checkpoint and store write loses nothing
-            store.record_epoch(run_id, int(row["epoch"]), row)
+    emit(RunStarted(spec, run.n_params, list(run.history)))
 
-    status = "complete"
+    status = RunStatus.COMPLETE
     epochs_this_call = 0
     while run.epoch < spec.train.epochs:
         if max_epochs is not None and epochs_this_call >= max_epochs:
-            return RunResult(run_id, "running", {}, run.history)
+            return RunResult(run_id, RunStatus.RUNNING, {}, run.history)
         started = time.perf_counter()
+        lr = run.scheduler.get_last_lr()[0]  # the rate this epoch starts with (step schedules: its rate)
         metrics = run.train_epoch()
         run.epoch += 1
         epochs_this_call += 1
         if not math.isfinite(metrics["train_loss"]):
-            status = "diverged"
-            row = {"epoch": run.epoch, **metrics}
+            status = RunStatus.DIVERGED
+            row = {"epoch": run.epoch, "lr": lr, **metrics}
             run.history.append(row)
-            if store is not None:
-                store.record_epoch(run_id, run.epoch, row)
+            emit(EpochEnded(run_id, run.epoch, row))
             break
         metrics.update(run.evaluate_all())
-        row = {"epoch": run.epoch, "lr": run.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started}
+        row = {"epoch": run.epoch, "lr": lr, "seconds": time.perf_counter() - started}
         row.update(metrics)
         run.history.append(row)
         if ckpt is not None:
             save_checkpoint(ckpt, run.state())
-        if store is not None:
-            store.record_epoch(run_id, run.epoch, row)
-        if on_epoch is not None:
-            on_epoch(run.epoch, row)
+        emit(EpochEnded(run_id, run.epoch, row))
 
     final = summarize_history(run.history, classification=run.dataset.task == "classification")
     final["n_params"] = run.n_params
     final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in run.model.parameters()))
     final["data_source"] = run.dataset.source
     final["substitute_for"] = run.dataset.substitute_for
-    if status == "complete":
+    if status == RunStatus.COMPLETE:
         final.update(run.evaluate(_head(run.train_split, spec.runtime.train_eval_size), prefix="final_train_"))
         if spec.analysis.what:
-            from samscale.analysis import analyze_model, scalar_summary
-
             report = analyze_model(spec, run.model, run.dataset, run.loss_fn)
             final.update({f"analysis.{name}": value for name, value in scalar_summary(report).items()})
-    if store is not None:
-        store.finish(run_id, status, final)
-    if ckpt is not None and status == "complete":
-        save_checkpoint(ckpt, run.state())
+        if ckpt is not None:
+            save_checkpoint(ckpt, run.state(weights_only=not spec.runtime.keep_optimizer_state))
+    emit(RunEnded(run_id, status, final))
     return RunResult(run_id, status, final, run.history)
 
 

@@ -5,7 +5,7 @@ import bisect
 import math
 from typing import Callable
 
-from samscale.study.spec import ScheduleSpec
+from samscale.spec.run import ScheduleSpec
 
 
 def step_boundaries(milestones: list[float], epochs: int, steps_per_epoch: int) -> list[int]:

@@ -7,9 +7,9 @@ from pathlib import Path
 from samscale.errors import ConfigError
 from samscale.report.paper_values import paper_gains
 from samscale.report.render import write_report
-from samscale.study.executors import store_path_in
-from samscale.study.store import RunStore
-from samscale.study.study import load_study
+from samscale.workdir import report_dir, store_path, study_path
+from samscale.store import RunStore
+from samscale.spec.study import load_study
 
 
 def _provenance(frame) -> tuple[str, str | None]:
@@ -22,10 +22,10 @@ def _provenance(frame) -> tuple[str, str | None]:
 def build_study_report(workdir: str | Path, *, command: str, out: str | Path | None = None) -> Path:
     """Write the report of the study in `workdir` to `workdir/report` (or `out`); returns the HTML page's path."""
     workdir = Path(workdir)
-    if not (workdir / "study.yaml").is_file():
+    if not study_path(workdir).is_file():
         raise ConfigError(f"{workdir} is not a study work directory (no study.yaml); run `samscale sweep` first")
-    study = load_study(workdir / "study.yaml")
-    frame = RunStore(store_path_in(workdir)).runs_frame(study.name)
+    study = load_study(study_path(workdir))
+    frame = RunStore(store_path(workdir)).runs_frame(study.name)
     source, substitute = _provenance(frame)
     header = {
         "command": command,
@@ -40,7 +40,7 @@ def build_study_report(workdir: str | Path, *, command: str, out: str | Path | N
     if study.description:
         notes.insert(0, study.description.strip())
     return write_report(
-        Path(out) if out else workdir / "report",
+        Path(out) if out else report_dir(workdir),
         title=f"samscale — {study.name}",
         frame=frame,
         rule=study.selection,

@@ -1,7 +1,8 @@
 """Executors run many RunSpecs: in this process, in a pool of local worker processes, or on a Ray cluster.
 
-Every executor takes RunSpecs and yields a `RunOutcome` per run as runs finish. Local workers claim and write their
-runs in the shared SQLite store themselves; Ray workers only train (and checkpoint) and the driver writes the store.
+Every executor takes RunSpecs and yields a `RunOutcome` per run as runs finish. Executors are the only writers of the
+store, always through `StoreRecorder`: local workers claim their runs and record events as they happen; Ray workers
+only train (and checkpoint), and the driver claims, beats the heartbeat and replays each run's events.
 """
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from samscale.study.spec import RunSpec
-from samscale.study.store import RunStore
+from samscale.spec.run import RunSpec
+from samscale.spec.status import FINISHED, RunStatus
+from samscale.store import RunStore
+from samscale.sweep.recorder import Heartbeat, StoreRecorder
+from samscale.train.events import EventHandler, RunEvent
+from samscale.train.loop import train_run
 
 
 @dataclass
@@ -31,40 +36,53 @@ class RunOutcome:
     final: dict | None = None
 
 
-def execute_run(spec_json: str, store_path: str | None, workdir: str, threads: int | None) -> RunOutcome:
-    """Claim, train and record one run; any exception becomes a `failed` record instead of ending the sweep."""
-    import torch
+def execute_run(spec_json: str, store_path: str, workdir: str, threads: int | None,
+                on_event: EventHandler | None = None) -> RunOutcome:
+    """Claim, train and record one run; any exception becomes a `failed` record instead of ending the sweep.
 
-    from samscale.train.loop import train_run
-
+    `on_event` also receives the trainer's events (after they are recorded), e.g. to print progress.
+    """
     spec = RunSpec.model_validate_json(spec_json)
     if threads:
-        torch.set_num_threads(threads)
-    store = RunStore(store_path) if store_path else None
-    if store is not None and not store.claim(spec.run_id):
-        status = store.status(spec.run_id) or "busy"
-        return RunOutcome(spec.run_id, spec.label(), status if status in ("complete", "diverged") else "busy")
+        spec = spec.model_copy(update={"runtime": spec.runtime.model_copy(update={"threads": threads})})
+    store = RunStore(store_path)
+    if not store.claim(spec.run_id):
+        status = store.status(spec.run_id)
+        return RunOutcome(spec.run_id, spec.label(), status if status in FINISHED else RunStatus.BUSY.value)
+    recorder = StoreRecorder(store)
+
+    def handle(event: RunEvent) -> None:
+        recorder(event)
+        if on_event is not None:
+            on_event(event)
+
     try:
-        result = train_run(spec, store=store, workdir=workdir)
+        with Heartbeat(store, [spec.run_id]):
+            result = train_run(spec, workdir=workdir, on_event=handle)
     except Exception:  # isolate failures: the sweep records it and goes on
         error = traceback.format_exc()
-        if store is not None:
-            store.finish(spec.run_id, "failed", error=error)
-        return RunOutcome(spec.run_id, spec.label(), "failed", error=error)
-    return RunOutcome(spec.run_id, spec.label(), result.status, final=result.final)
+        recorder.failed(spec.run_id, error)
+        return RunOutcome(spec.run_id, spec.label(), RunStatus.FAILED.value, error=error)
+    return RunOutcome(spec.run_id, spec.label(), str(result.status), final=result.final)
 
 
-def _die_with_parent() -> None:
-    """Worker initializer: on Linux, ask the kernel to kill this worker when the sweep process dies."""
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: on Linux, have the kernel kill this worker when the sweep process dies.
+
+    The parent-death signal only covers deaths after it is set, so a worker whose sweep died while it was starting
+    (its parent is then no longer `parent_pid`) exits at once instead of living on as an orphan.
+    """
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except OSError:
             pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
-def _worker_init(threads: int) -> None:
-    _die_with_parent()
+def _worker_init(threads: int, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(threads)
@@ -100,7 +118,7 @@ class LocalPoolExecutor:
     def run(self, specs: list[RunSpec], store_path: str, workdir: str) -> Iterator[RunOutcome]:
         context = mp.get_context("spawn")
         with ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_worker_init, initargs=(self.threads,)
+            self.workers, mp_context=context, initializer=_worker_init, initargs=(self.threads, os.getpid())
         ) as pool:
             pending: set[Future] = {
                 pool.submit(execute_run, spec.model_dump_json(), store_path, workdir, self.threads) for spec in specs
@@ -132,39 +150,38 @@ class RayExecutor:
         if not ray.is_initialized():
             ray.init(address=self.address, **self.init_kwargs)
         store = RunStore(store_path)
+        recorder = StoreRecorder(store)
         threads = max(1, int(self.cpus_per_run))
         remote = ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run)(_ray_train)
         refs = {}
-        for spec in specs:
-            if store.claim(spec.run_id):
-                refs[remote.remote(spec.model_dump_json(), workdir, threads)] = spec
-            else:
-                yield RunOutcome(spec.run_id, spec.label(), "busy")
-        while refs:
-            done, _ = ray.wait(list(refs), num_returns=1)
-            spec = refs.pop(done[0])
-            try:
-                status, final, history, n_params = ray.get(done[0])
-            except Exception as err:  # a task that raised: record and go on
-                store.finish(spec.run_id, "failed", error=str(err))
-                yield RunOutcome(spec.run_id, spec.label(), "failed", error=str(err))
-                continue
-            store.register(spec, n_params=n_params)
-            for row in history:
-                store.record_epoch(spec.run_id, int(row["epoch"]), row)
-            store.finish(spec.run_id, status, final)
-            yield RunOutcome(spec.run_id, spec.label(), status, final=final)
+        with Heartbeat(store) as heartbeat:
+            for spec in specs:
+                if store.claim(spec.run_id):
+                    heartbeat.hold(spec.run_id)
+                    refs[remote.remote(spec.model_dump_json(), workdir, threads)] = spec
+                else:
+                    yield RunOutcome(spec.run_id, spec.label(), RunStatus.BUSY.value)
+            while refs:
+                done, _ = ray.wait(list(refs), num_returns=1)
+                spec = refs.pop(done[0])
+                heartbeat.release(spec.run_id)
+                try:
+                    events, status, final = ray.get(done[0])
+                except Exception as err:  # a task that raised: record and go on
+                    recorder.failed(spec.run_id, str(err))
+                    yield RunOutcome(spec.run_id, spec.label(), RunStatus.FAILED.value, error=str(err))
+                    continue
+                recorder.replay(events)
+                yield RunOutcome(spec.run_id, spec.label(), status, final=final)
 
 
-def _ray_train(spec_json: str, workdir: str, threads: int) -> tuple[str, dict, list[dict], int | None]:
-    """Ray task body: train without touching the store; return everything the driver records."""
-    import torch
-
-    from samscale.train.loop import train_run
-
-    torch.set_num_threads(threads)
-    result = train_run(RunSpec.model_validate_json(spec_json), workdir=workdir)
-    return result.status, result.final, result.history, result.final.get("n_params")
+def _ray_train(spec_json: str, workdir: str, threads: int) -> tuple[list[RunEvent], str, dict]:
+    """Ray task body: train without touching the store; return the run's events for the driver to record."""
+    spec = RunSpec.model_validate_json(spec_json)
+    spec = spec.model_copy(update={"runtime": spec.runtime.model_copy(update={"threads": threads})})
+    events: list[RunEvent] = []
+    result = train_run(spec, workdir=workdir, on_event=events.append)
+    return events, str(result.status), result.final
 
 
 def make_executor(kind: str, *, workers: int | None = None, threads: int | None = None,
@@ -178,8 +195,3 @@ def make_executor(kind: str, *, workers: int | None = None, threads: int | None 
     if kind == "ray":
         return RayExecutor(address, cpus_per_run=float(threads or 1), gpus_per_run=gpus_per_run)
     raise ValueError(f"unknown executor {kind!r}; valid: serial, local, ray")
-
-
-def store_path_in(workdir: str | Path) -> Path:
-    """The store file of a sweep's work directory."""
-    return Path(workdir) / "samscale.db"

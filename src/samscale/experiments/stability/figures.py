@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from samscale.experiments.stability_bounds import LABELS, QUANTITIES
+from samscale.experiments.stability.bounds import LABELS, QUANTITIES
 from samscale.report.analysis_figures import eigenvalue_bars
 from samscale.report.figures import COLORS, FIGSIZE, Plot
 

@@ -15,19 +15,20 @@ Conventions:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from samscale.errors import ConfigError, format_validation_error
+from samscale.errors import ConfigError
+from samscale.spec.status import STORED, RunStatus
+from samscale.spec.status import UNFINISHED as _UNFINISHED
+from samscale.spec.study import ARMS, SelectionRule, star_name
 
-COMPLETE = "complete"
-DIVERGED = "diverged"
-UNFINISHED = ("pending", "running", "failed")
-STATUSES = (COMPLETE, DIVERGED, *UNFINISHED)
-ARMS = ("baseline", "treatment")
+COMPLETE = RunStatus.COMPLETE.value
+DIVERGED = RunStatus.DIVERGED.value
+UNFINISHED = tuple(status.value for status in _UNFINISHED)
+STATUSES = tuple(status.value for status in STORED)
 
 # Identity sections of a RunSpec (study/spec.py): a column from one of these that varies between the treatment runs
 # of one cell changes the numbers, so it has to be tuned or kept apart on purpose.
@@ -42,76 +43,6 @@ _T975 = (
     2.0796138, 2.0738731, 2.0686576, 2.0638986, 2.0595386, 2.0555294, 2.0518305, 2.0484071, 2.0452296, 2.0422725,
 )
 _Z975 = 1.959963984540054
-
-
-class SelectionRule(BaseModel):
-    """How to compare a tuned treatment (SAM) with its baseline (SGD) per model size and seed.
-
-    `baseline` / `treatment` map runs-frame columns to a value (or a list of accepted values). Within each
-    (group_by…, size_key, seed_key) cell the best run of each arm on `select_by` is chosen; `tune` names the
-    treatment hyperparameters that may differ inside a cell and are reported as chosen (`optim.rho` → `rho_star`).
-    `epoch` says whether metrics come from the final epoch or the best-validation epoch (early stopping).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    baseline: dict[str, Any] = {"optim.name": "sgd"}
-    treatment: dict[str, Any] = {"optim.name": "sam"}
-    size_key: str = "model.size"
-    tune: list[str] = ["optim.rho"]
-    select_by: Literal["val_acc", "val_loss"] = "val_acc"
-    metric: Literal["test_acc", "test_loss"] = "test_acc"
-    epoch: Literal["final", "best"] = "final"
-    group_by: list[str] = []
-    seed_key: str = "train.seed"
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "SelectionRule":
-        for arm in ARMS:
-            if not getattr(self, arm):
-                raise ValueError(f"{arm} filter is empty; name at least one column, e.g. {{'optim.name': 'sgd'}}")
-        axes = [*self.group_by, self.size_key, self.seed_key]
-        if len(set(axes)) != len(axes):
-            raise ValueError(f"group_by, size_key and seed_key must be distinct columns, got {axes}")
-        if overlap := set(self.tune) & set(axes):
-            raise ValueError(f"tune columns {sorted(overlap)} are also grouping axes; a column is one or the other")
-        stars = [star_name(column) for column in self.tune]
-        if len(set(stars)) != len(stars):
-            raise ValueError(f"tune columns {self.tune} end in the same name; their chosen values would collide")
-        return self
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> "SelectionRule":
-        """Validate a rule from plain data, raising ConfigError with one line per bad field."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise ConfigError(format_validation_error(err, prefix="selection.")) from None
-
-    @property
-    def maximize(self) -> bool:
-        """Whether a larger validation score is better (accuracy) rather than smaller (loss)."""
-        return self.select_by.endswith("acc")
-
-    @property
-    def score_column(self) -> str:
-        """Runs-frame column the choice is made on, e.g. `final_val_acc`."""
-        return f"{self.epoch}_{self.select_by}"
-
-    @property
-    def metric_column(self) -> str:
-        """Runs-frame column reported for the chosen runs, e.g. `final_test_acc`."""
-        return f"{self.epoch}_{self.metric}"
-
-    @property
-    def stars(self) -> list[str]:
-        """Names of the chosen-value columns, one per tuned hyperparameter (`optim.rho` → `rho_star`)."""
-        return [star_name(column) for column in self.tune]
-
-
-def star_name(column: str) -> str:
-    """Name of the column holding the value chosen for a tuned hyperparameter: `optim.rho` → `rho_star`."""
-    return f"{column.rsplit('.', 1)[-1]}_star"
 
 
 def t_quantile_975(df: int) -> float:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from samscale.errors import ConfigError, format_validation_error
+from samscale.spec.catalog import ANALYSIS_NAMES, DATASET_NAMES, FAMILY_NAMES
 
 OPTIMIZERS = ("sgd", "sam", "usam", "asam")
 BASE_OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -41,10 +42,8 @@ class DataSpec(_Section):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        from samscale.data import DATASETS
-
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
+        if name not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASET_NAMES))}")
         return name
 
     @field_validator("label_noise")
@@ -65,10 +64,8 @@ class ModelSpec(_Section):
     @field_validator("family")
     @classmethod
     def _known_family(cls, family: str) -> str:
-        from samscale.models.registry import FAMILIES
-
-        if family not in FAMILIES:
-            raise ValueError(f"unknown model family {family!r}; valid: {', '.join(sorted(FAMILIES))}")
+        if family not in FAMILY_NAMES:
+            raise ValueError(f"unknown model family {family!r}; valid: {', '.join(sorted(FAMILY_NAMES))}")
         return family
 
 
@@ -169,11 +166,9 @@ class AnalysisSpec(_Section):
     @field_validator("what")
     @classmethod
     def _known_analyses(cls, what: list[str]) -> list[str]:
-        from samscale.hessian import ANALYSES
-
-        unknown = [name for name in what if name not in ANALYSES]
+        unknown = [name for name in what if name not in ANALYSIS_NAMES]
         if unknown:
-            raise ValueError(f"unknown analyses {unknown}; valid: {', '.join(ANALYSES)}")
+            raise ValueError(f"unknown analyses {unknown}; valid: {', '.join(ANALYSIS_NAMES)}")
         return what
 
 
@@ -187,6 +182,7 @@ class RuntimeSpec(_Section):
     bf16: bool = False
     eval_batch_size: int = 1000
     train_eval_size: int = 10000  # final train loss/accuracy is measured on this many training examples
+    keep_optimizer_state: bool = False  # finished runs keep only their weights unless this is set
 
 
 class RunSpec(_Section):

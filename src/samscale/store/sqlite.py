@@ -1,4 +1,4 @@
-"""The run store: one SQLite file (WAL mode) holding every run, its per-epoch history and its analyses.
+"""The run store: one SQLite file (WAL mode) holding every run, its per-epoch history, analyses and code version.
 
 Several processes may write one store at once (sweeps, workers): each write is a short transaction, and a run is
 claimed atomically before it is trained, so two sweeps never train the same run. Everything downstream (tables,
@@ -18,10 +18,11 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from samscale.study.spec import RunSpec, flatten
+from samscale.errors import ConfigError
+from samscale.spec.run import RunSpec, flatten
+from samscale.spec.status import FINISHED, STORED, RunStatus
 
-STATUSES = ("pending", "running", "complete", "diverged", "failed")
-FINISHED = ("complete", "diverged")
+STATUSES = tuple(status.value for status in STORED)
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 
 _SCHEMA = """
@@ -36,6 +37,7 @@ CREATE TABLE IF NOT EXISTS runs (
     error       TEXT,
     owner       TEXT,
     heartbeat   REAL,
+    code_version TEXT,
     created     REAL NOT NULL,
     updated     REAL NOT NULL
 );
@@ -79,16 +81,23 @@ def _owner_alive(owner: str | None) -> bool:
     return True
 
 
-def _json_default(value: Any) -> Any:
+def _plain(value: Any) -> Any:
+    """JSON-ready copy of `value`: numpy/torch scalars as Python numbers, NaN and ±inf as null (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+    if isinstance(value, RunStatus):
+        return value.value
+    return value
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_json_default, allow_nan=True)
+    return json.dumps(_plain(value), allow_nan=False)
 
 
 class RunStore:
@@ -98,12 +107,19 @@ class RunStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stale_after_s = stale_after_s
-        db = sqlite3.connect(self.path, timeout=60.0)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-        finally:
-            db.close()
+            db = sqlite3.connect(self.path, timeout=60.0)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+                if "code_version" not in columns:  # stores written before runs recorded their code version
+                    db.execute("ALTER TABLE runs ADD COLUMN code_version TEXT")
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as err:
+            raise ConfigError(f"{self.path} is not a samscale run store ({err}); move it aside or pass another "
+                              "--workdir") from None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -162,10 +178,24 @@ class RunStore:
             )
             return True
 
-    def heartbeat(self, run_id: str) -> None:
-        """Tell other sweeps this run is still alive."""
+    def heartbeat(self, *run_ids: str) -> None:
+        """Tell other sweeps these runs are still alive (their holder keeps calling this while it trains them)."""
+        if not run_ids:
+            return
+        now = time.time()
         with self._connect() as db:
-            db.execute("UPDATE runs SET heartbeat = ? WHERE run_id = ?", (time.time(), run_id))
+            db.executemany("UPDATE runs SET heartbeat = ? WHERE run_id = ? AND status = 'running'",
+                           [(now, run_id) for run_id in run_ids])
+
+    def reset(self, run_ids: list[str]) -> None:
+        """Forget what these runs produced (status back to pending, history and analyses deleted), to train anew."""
+        now = time.time()
+        with self._connect() as db:
+            for run_id in run_ids:
+                db.execute("UPDATE runs SET status = 'pending', final = NULL, error = NULL, owner = NULL, "
+                           "epochs_done = 0, code_version = NULL, updated = ? WHERE run_id = ?", (now, run_id))
+                db.execute("DELETE FROM history WHERE run_id = ?", (run_id,))
+                db.execute("DELETE FROM analysis WHERE run_id = ?", (run_id,))
 
     def record_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
         """Store one epoch's metrics (idempotent: a resumed run rewrites the same epoch)."""
@@ -180,14 +210,16 @@ class RunStore:
                 (epoch, now, now, run_id),
             )
 
-    def finish(self, run_id: str, status: str, final: dict[str, Any] | None = None, error: str | None = None) -> None:
-        """Mark a run complete, diverged or failed, with its final summary metrics or error text."""
+    def finish(self, run_id: str, status: str, final: dict[str, Any] | None = None, error: str | None = None,
+               code_version: str | None = None) -> None:
+        """Mark a run complete, diverged or failed, with its final metrics or error text and the code that ran it."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
         with self._connect() as db:
             db.execute(
-                "UPDATE runs SET status = ?, final = ?, error = ?, owner = NULL, updated = ? WHERE run_id = ?",
-                (status, _dumps(final) if final is not None else None, error, time.time(), run_id),
+                "UPDATE runs SET status = ?, final = ?, error = ?, owner = NULL, updated = ?, code_version = ? "
+                "WHERE run_id = ?",
+                (str(status), _dumps(final) if final is not None else None, error, time.time(), code_version, run_id),
             )
 
     def record_analysis(self, run_id: str, name: str, value: Any) -> None:
@@ -232,6 +264,12 @@ class RunStore:
         rows = self._rows("SELECT epoch, metrics FROM history WHERE run_id = ? ORDER BY epoch", (run_id,))
         return pd.DataFrame([{"epoch": r["epoch"], **json.loads(r["metrics"])} for r in rows])
 
+    def code_versions(self, run_ids: list[str] | None = None) -> dict[str, str | None]:
+        """run_id → the code version that finished it (None for unfinished runs and old stores)."""
+        rows = self._rows("SELECT run_id, code_version FROM runs WHERE status IN ('complete', 'diverged')")
+        versions = {r["run_id"]: r["code_version"] for r in rows}
+        return versions if run_ids is None else {run_id: versions.get(run_id) for run_id in run_ids}
+
     def studies(self) -> list[str]:
         """Names of the studies with runs in this store."""
         return [r["study"] for r in self._rows("SELECT DISTINCT study FROM study_runs ORDER BY study")]
@@ -253,7 +291,7 @@ class RunStore:
             record: dict[str, Any] = {"run_id": r["run_id"], "status": r["status"], "label": spec.label()}
             record.update(flatten(spec.model_dump(mode="json")))
             record.update(n_params=r["n_params"], epochs=spec.train.epochs, epochs_done=r["epochs_done"],
-                          attempts=r["attempts"])
+                          attempts=r["attempts"], code_version=r["code_version"])
             record.update(json.loads(r["final"]) if r["final"] else {})
             record["error"] = r["error"]
             record.update(analyses.get(r["run_id"], {}))

@@ -23,13 +23,14 @@ from torch import nn
 
 from samscale.data import Dataset, DatasetUnavailable
 from samscale.experiments.curvature import MinimumCurvature, measure_minimum
-from samscale.experiments.stability_budgets import Problem, StabilityBudget, get_budget
-from samscale.experiments.stability_bounds import LABELS, QUANTITIES, stability_bounds, summarize_against_bounds
-from samscale.experiments.stability_figures import curvature_bars, loss_curves, optimizer_label, top_eigenvalue_bars
-from samscale.experiments.stability_report import ReportSection, write_pages
-from samscale.study.spec import RunSpec
+from samscale.experiments.stability.budgets import Problem, StabilityBudget, get_budget
+from samscale.experiments.stability.bounds import LABELS, QUANTITIES, stability_bounds, summarize_against_bounds
+from samscale.experiments.stability.figures import curvature_bars, loss_curves, optimizer_label, top_eigenvalue_bars
+from samscale.experiments.stability.report import ReportSection, write_pages
+from samscale.spec.run import RunSpec
 from samscale.train.checkpoint import load_checkpoint
-from samscale.train.loop import RunResult, build_model_for, checkpoint_path, dataset_for, loss_function, train_run
+from samscale.train.loop import RunResult, build_model_for, dataset_for, loss_function, train_run
+from samscale.workdir import checkpoint_path
 
 RUNS_DIR = "runs"
 TITLE = "samscale — stability: sharpness and Hessian non-uniformity of SGD, USAM and SAM minima"

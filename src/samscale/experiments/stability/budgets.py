@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from samscale.errors import ConfigError
-from samscale.study.spec import RunSpec, build_spec
+from samscale.spec.run import RunSpec, build_spec
 
 OPTIMIZERS = ("sgd", "usam", "sam")
 

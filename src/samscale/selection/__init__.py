@@ -1,0 +1,1 @@
+"""From a runs frame to comparisons: ρ* chosen on validation, gains on test, statistics over seeds."""

@@ -1,0 +1,1 @@
+"""Many runs: executors (serial, local pool, Ray) and the resumable sweep of a study."""

@@ -1,0 +1,117 @@
+"""Sweep: run every RunSpec of a study that the store does not already hold as finished, resumably.
+
+Finished runs are kept only if the same code version produced them (`samscale.version`): by default a sweep refuses
+to mix runs of another code version into a study, and says so; `other_versions="reuse"` keeps them as they are,
+`"rerun"` trains them again with this code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+from samscale.errors import ConfigError
+from samscale.models.registry import param_count
+from samscale.spec.run import RunSpec
+from samscale.spec.status import FINISHED
+from samscale.spec.study import Study
+from samscale.store import RunStore
+from samscale.sweep.executors import RunOutcome
+from samscale.version import code_version
+from samscale.workdir import checkpoint_path, store_path, study_path
+
+ProgressCallback = Callable[[RunOutcome, int, int], None]
+OtherVersions = Literal["refuse", "reuse", "rerun"]
+OTHER_VERSIONS: tuple[str, ...] = ("refuse", "reuse", "rerun")
+
+
+@dataclass
+class SweepSummary:
+    """Counts of a sweep: runs in the study, already finished before it, and how this sweep's runs ended."""
+
+    total: int
+    skipped: int
+    outcomes: list[RunOutcome] = field(default_factory=list)
+    rerun_other_versions: int = 0
+    reused_other_versions: int = 0
+
+    def count(self, status: str) -> int:
+        return sum(outcome.status == status for outcome in self.outcomes)
+
+
+def estimated_cost(spec: RunSpec) -> float:
+    """Relative cost of a run (parameters × epochs × passes per step), to start the longest runs first."""
+    try:
+        n_params = param_count(spec.model.family, spec.model.size, **spec.model.options)
+    except (TypeError, ValueError, KeyError):
+        n_params = 1
+    train_size = spec.data.train_subset or 60_000  # the size of the largest offline training sets
+    return float(n_params) * spec.train.epochs * train_size * (2 if spec.optim.is_sam else 1)
+
+
+def prepare(study: Study, workdir: str | Path) -> tuple[RunStore, list[RunSpec]]:
+    """Open the work directory's store, save the study beside it, and register every run of the study."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = RunStore(store_path(workdir))
+    specs = study.expand()
+    study_path(workdir).write_text(study.to_yaml())
+    for spec in specs:
+        store.register(spec, study=study.name)
+    return store, specs
+
+
+def other_version_runs(store: RunStore, specs: list[RunSpec]) -> dict[str, str | None]:
+    """Finished runs among `specs` that another code version produced: run_id → that version."""
+    current = code_version()
+    finished = [spec.run_id for spec in specs if store.status(spec.run_id) in FINISHED]
+    return {run_id: version for run_id, version in store.code_versions(finished).items() if version != current}
+
+
+def _describe(others: dict[str, str | None]) -> str:
+    versions = sorted({version or "unrecorded" for version in others.values()})
+    return f"{len(others)} finished runs of this study were produced by code version {', '.join(versions)}"
+
+
+def plan(study: Study, workdir: str | Path, other_versions: OtherVersions = "refuse") -> tuple[RunStore, list[RunSpec], dict]:
+    """(store, runs to train longest first, what was decided about runs of other code versions)."""
+    if other_versions not in OTHER_VERSIONS:
+        raise ConfigError(f"other_versions must be one of {', '.join(OTHER_VERSIONS)}, got {other_versions!r}")
+    store, specs = prepare(study, workdir)
+    others = other_version_runs(store, specs)
+    decision = {"total": len(specs), "other_versions": len(others), "action": other_versions, "message": ""}
+    if others:
+        described = _describe(others)
+        if other_versions == "refuse":
+            raise ConfigError(
+                f"{described}, not by this one ({code_version()}); pass --reuse-other-versions to keep them in the "
+                "study as they are, or --rerun-other-versions to train them again with this code"
+            )
+        if other_versions == "rerun":
+            store.reset(list(others))
+            for run_id in others:  # a finished checkpoint would be resumed as finished: start from scratch
+                checkpoint_path(workdir, run_id).unlink(missing_ok=True)
+            decision["message"] = f"{described}; training them again with {code_version()}"
+        else:
+            decision["message"] = f"{described}; reusing them as they are (--reuse-other-versions)"
+    todo = [spec for spec in specs if store.status(spec.run_id) not in FINISHED]
+    todo.sort(key=estimated_cost, reverse=True)  # longest first: the pool's last runs are short ones
+    return store, todo, decision
+
+
+def sweep(study: Study, workdir: str | Path, executor, on_result: ProgressCallback | None = None,
+          other_versions: OtherVersions = "refuse") -> SweepSummary:
+    """Run the study's unfinished runs with `executor`; finished runs are skipped, interrupted ones resume."""
+    store, todo, decision = plan(study, workdir, other_versions)
+    total = decision["total"]
+    summary = SweepSummary(total=total, skipped=total - len(todo))
+    if decision["action"] == "rerun":
+        summary.rerun_other_versions = decision["other_versions"]
+    elif decision["action"] == "reuse":
+        summary.reused_other_versions = decision["other_versions"]
+    for outcome in executor.run(todo, str(store.path), str(workdir)):
+        summary.outcomes.append(outcome)
+        if on_result is not None:
+            on_result(outcome, summary.skipped + len(summary.outcomes), summary.total)
+    return summary
+
