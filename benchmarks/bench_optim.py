@@ -2,6 +2,7 @@
 
 For each model both steps run interleaved in one process on the same batch (medians over repetitions). SAM's
 overhead is first_step + restore, timed on their own with the clean gradient in place, as a share of the SAM step.
+(first_step writes w + ε into a spare buffer and swaps storages; restore swaps back, so it copies nothing.)
 Goals: SAM/SGD ≤ 2.0 (two forward/backward passes) and overhead ≤ 3% of the SAM step.
 """
 from __future__ import annotations
@@ -85,13 +86,20 @@ def compare(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Timing:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    torch.set_num_threads(parser.parse_args().threads)
+    parser.add_argument("--models", default="mlp,resnet18", help="comma-separated subset of: mlp, resnet18")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    wanted = args.models.split(",")
+    unknown = sorted(set(wanted) - {"mlp", "resnet18"})
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; valid: mlp, resnet18")
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     cases = [
         ("mlp", mlp((300, 100), in_features=784, num_classes=10), torch.rand(128, 784, generator=gen)),
         ("resnet18", resnet18(filters=16, num_classes=10), torch.randn(128, 3, 32, 32, generator=gen)),
     ]
+    cases = [case for case in cases if case[0] in wanted]
     load = os.getloadavg()[0]
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 128, median of interleaved steps "

@@ -1,6 +1,8 @@
 """sam_update with m-sharpness against per-chunk SAM gradients computed by hand with torch.func."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -97,20 +99,66 @@ def test_returns_clean_mean_loss_and_outputs_of_every_chunk():
     assert not outputs.requires_grad and not loss.requires_grad
 
 
-def test_batchnorm_counts_one_clean_pass_per_chunk():
+def bn_mlp(momentum: float | None) -> nn.Module:
+    """Linear → BatchNorm1d → Linear with non-trivial running statistics and batch count."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5, momentum=None), nn.Linear(5, 3)).to(DT)
-    x, y = batch(10, seed=5)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5, momentum=momentum), nn.Linear(5, 3)).to(DT)
+    with torch.no_grad():
+        model[1].running_mean.copy_(torch.linspace(-1.0, 1.0, 5))
+        model[1].running_var.copy_(torch.linspace(0.5, 2.0, 5))
+        model[1].num_batches_tracked.fill_(3)
+    return model
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("n, m, chunks", [(10, 4, [(0, 4), (4, 8), (8, 10)]), (9, 4, [(0, 4), (4, 9)])])
+def test_batchnorm_makes_one_update_with_the_weighted_mean_of_chunk_statistics(momentum, n, m, chunks):
+    """One running-stat update per step (mean of chunk stats, as synced per-device BN); a 1-example tail merges."""
+    model = bn_mlp(momentum)
+    x, y = batch(n, seed=5)
     start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    mean0, var0 = model[1].running_mean.clone(), model[1].running_var.clone()
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
-    sam_update(model, F.cross_entropy, x, y, opt, m=4)  # chunks of 4, 4, 2
+    sam_update(model, F.cross_entropy, x, y, opt, m=m)  # 10: chunks 4, 4, 2; 9: 4, 4, 1 → 4, 5
     bn = model[1]
-    assert bn.num_batches_tracked.item() == 3
+    assert bn.num_batches_tracked.item() == 4
     h = x @ start["0.weight"].T + start["0.bias"]  # clean passes run at the starting weights
-    chunks = [h[0:4], h[4:8], h[8:10]]
-    # momentum=None: the running statistics are the plain average over the counted batches.
-    torch.testing.assert_close(bn.running_mean, sum(c.mean(dim=0) for c in chunks) / 3, rtol=0, atol=1e-12)
-    torch.testing.assert_close(bn.running_var, sum(c.var(dim=0) for c in chunks) / 3, rtol=0, atol=1e-12)
+    mean = sum((b - a) / n * h[a:b].mean(dim=0) for a, b in chunks)
+    var = sum((b - a) / n * h[a:b].var(dim=0) for a, b in chunks)  # unbiased, as torch's running_var
+    f = 0.1 if momentum is not None else 1 / 4  # momentum=None: cumulative average over 4 counted batches
+    torch.testing.assert_close(bn.running_mean, (1 - f) * mean0 + f * mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(bn.running_var, (1 - f) * var0 + f * var, rtol=0, atol=1e-12)
+    # The 1-example tail was merged: the update equals m-sharpness over the merged chunks, computed by hand.
+    if n == 9:
+        ref = bn_mlp(momentum)
+        grads = [torch.zeros_like(p) for p in ref.parameters()]
+        for a, b in chunks:
+            probe = copy.deepcopy(ref)
+            F.cross_entropy(probe(x[a:b]), y[a:b]).backward()
+            g = [p.grad for p in probe.parameters()]
+            norm = torch.sqrt(sum((t**2).sum() for t in g))
+            with torch.no_grad():
+                for p, t in zip(probe.parameters(), g):
+                    p.add_(0.5 * t / (norm + 1e-12))
+            probe.zero_grad()
+            F.cross_entropy(probe(x[a:b]), y[a:b]).backward()
+            grads = [acc + (b - a) / n * p.grad for acc, p in zip(grads, probe.parameters())]
+        for p, g in zip(model.parameters(), grads):
+            torch.testing.assert_close(p.grad, g, rtol=0, atol=1e-12)
+
+
+def test_single_example_tail_merges_only_for_batchnorm_nets():
+    model = bn_mlp(0.1)
+    x, y = batch(5, seed=2)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1)
+    loss, out = sam_update(model, F.cross_entropy, x, y, opt, m=2)  # chunks 2, 2, 1 → the tail merges: 2, 3
+    assert out.shape == (5, 3) and torch.isfinite(loss) and model[1].num_batches_tracked.item() == 4
+    plain = mlp()
+    opt = SAM(plain.parameters(), torch.optim.SGD, rho=0.1, lr=0.1)
+    sam_update(plain, F.cross_entropy, x, y, opt, m=2)  # no BatchNorm: the 1-example tail stays its own chunk
+    expected = chunk_sam_gradient(mlp(), x, y, 0.1, 2)
+    for name, p in plain.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(

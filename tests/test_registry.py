@@ -6,7 +6,7 @@ from samscale.models import FAMILIES, LADDERS, UnknownFamilyError, build_model, 
 from samscale.models import param_count
 
 
-# Hand-derived closed forms (expanded by hand from PAPER.md §3, independent of the library's block-by-block sums).
+# Hand-derived closed forms (expanded by hand from docs/PROTOCOL.md §3, independent of the library's block-by-block sums).
 def mlp_hand(h1, h2, d=784, c=10):
     return d * h1 + h1 + h1 * h2 + h2 + h2 * c + c
 

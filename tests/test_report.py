@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
+import sqlite3
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -15,6 +17,8 @@ from samscale.report.figures import build_plots, gain_label, save_plot, with_pap
 from samscale.report.render import NO_RUNS
 from samscale.report.tables import format_value, markdown_table
 from samscale.selection.select import SelectionRule, rho_table, select, summarize
+from samscale.spec.run import build_spec
+from samscale.store import RunStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RULE = SelectionRule(group_by=["data.label_noise"])
@@ -133,7 +137,12 @@ def test_html_is_self_contained_with_figures_and_table_numbers(report):
         assert number in text, number
     markdown = (out / "report.md").read_text()
     assert "![Gain vs number of parameters](figures/gain_vs_params.png)" in markdown
-    assert "| 4 | 12,000 | 2 | 2.25 |" in markdown
+    # headers in words; accuracies in %, gains in pp, each column at one precision
+    assert ("| label noise | size | parameters | seeds | SGD test acc. (%) | SAM test acc. (%) | SAM − SGD (pp) | "
+            "95% CI ± (pp) | ρ* | untuned ρ = 0.05 (pp) |") in markdown
+    assert "| 0 | 4 | 12,000 | 2 | 80.00 | 82.25 | 2.250 | 3.177 | 0.05 | 2.250 |" in markdown
+    assert "baseline_test_acc_mean" not in markdown and "gain_mean" not in markdown
+    assert "<th>SAM − SGD (pp)</th>" in text and "<th>SGD test acc. (%)</th>" in text
 
 
 def test_half_finished_study_is_marked_partial(report):
@@ -189,3 +198,67 @@ def test_paper_values_without_a_size_are_placed_at_their_parameter_count():
     assert table["paper_gain"].isna().tolist() == [True, True, False, False]  # NaN sizes never match ours
     assert table["paper_gain"].tolist()[2:] == [0.026, 0.083]
     assert gain_label(rule) == "SGD − SAM test loss"
+
+
+def test_trend_json_is_written_per_group_and_stated_in_the_header(report):
+    out, page, _ = report
+    trend = json.loads((out / "trend.json").read_text())
+    assert [g["group"] for g in trend["groups"]] == [{"data.label_noise": 0.0}, {"data.label_noise": 0.2}]
+    for entry in trend["groups"]:
+        assert set(entry) >= {"spearman", "p_value", "slope_per_decade", "slope_ci95", "n_sizes", "n_seeds"}
+        assert entry["n_sizes"] == 2 and entry["spearman"] is None  # two sizes cannot show a trend
+    text, markdown = page.read_text(), (out / "report.md").read_text()
+    assert "trend (label noise = 0.2)" in markdown and "too few sizes/seeds to show a trend" in markdown
+    assert "too few sizes/seeds to show a trend" in text
+
+
+def test_three_sizes_give_a_trend_sentence_with_the_slope(tmp_path):
+    rows = []
+    for size, n_params in ((1, 1_000), (4, 10_000), (16, 100_000)):
+        for seed in range(3):
+            gain = {1: 0.1, 4: 0.3, 16: 0.5}[size] + 0.01 * seed
+            rows.append(run(1, seed, "sgd", 0.0, 0.0, 0.8, 0.8) | {"model.size": size, "n_params": n_params,
+                                                                   "run_id": f"sgd-{size}-{seed}"})
+            rows.append(run(1, seed, "sam", 0.05, 0.0, 0.85, 0.8 + gain / 100) | {
+                "model.size": size, "n_params": n_params, "run_id": f"sam-{size}-{seed}"})
+    page = write_report(tmp_path, title="t", frame=pd.DataFrame(rows), rule=SelectionRule(), header={})
+    entry = json.loads((tmp_path / "trend.json").read_text())["groups"][0]
+    assert entry["group"] == {} and entry["spearman"] == pytest.approx(1.0)
+    assert entry["slope_per_decade"] == pytest.approx(0.2) and entry["p_value"] == pytest.approx(1 / 3)
+    low, high = entry["slope_ci95"]
+    assert low <= 0.2 <= high and high - low < 0.05  # seeds differ by 0.01–0.02 pp only
+    assert "the gain grows with size" in page.read_text() and "+0.200 pp per tenfold" in page.read_text()
+
+
+def test_default_rho_outside_the_grid_is_said_and_left_empty(tmp_path):
+    frame = study(pending=False)
+    rule = SelectionRule(group_by=["data.label_noise"], default={"optim.rho": 0.1})
+    write_report(tmp_path, title="t", frame=frame, rule=rule, header={})
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert summary["default_gain_mean"].isna().all() and not summary["default_in_grid"].any()
+    assert "ρ = 0.1 is not in the grid at no size; its column is empty there" in (tmp_path / "report.md").read_text()
+
+
+def test_runs_frame_reads_specs_without_validation_and_matches_pydantic(tmp_path):
+    store = RunStore(tmp_path / "s.db")
+    specs = [build_spec({"optim": {"name": name, "rho": rho}, "model": {"size": size}, "train": {"seed": seed},
+                         "data": {"options": {"k": [1, 2]}} if seed else {}})
+             for name, rho in (("sgd", 0.05), ("sam", 0.2)) for size in (0.5, 2) for seed in (0, 1)]
+    for spec in specs:
+        store.register(spec, study="s", n_params=7)
+    store.finish(specs[0].run_id, "complete", {"final_test_acc": 0.5})
+    store.record_analysis(specs[1].run_id, "lambda_max", 3.5)
+    with sqlite3.connect(tmp_path / "s.db") as db:  # an older store: its spec lacks a field added since
+        old = json.loads(db.execute("SELECT spec FROM runs WHERE run_id = ?", (specs[2].run_id,)).fetchone()[0])
+        del old["runtime"]["bf16"]
+        db.execute("UPDATE runs SET spec = ? WHERE run_id = ?", (json.dumps(old), specs[2].run_id))
+    frame = store.runs_frame("s").set_index("run_id")
+    for spec in specs:
+        row = frame.loc[spec.run_id]
+        assert row["label"] == spec.label()
+        for key, value in spec.flat().items():
+            assert row[key] == value or (isinstance(value, list) and list(row[key]) == value), key
+    assert frame.loc[specs[0].run_id, "final_test_acc"] == 0.5
+    assert frame.loc[specs[1].run_id, "analysis.lambda_max"] == 3.5
+    assert frame.loc[specs[2].run_id, "runtime.bf16"] == False  # noqa: E712 - filled in by validation, not NaN
+    assert set(frame.columns) >= {"epochs", "epochs_done", "attempts", "code_version", "n_params", "error"}

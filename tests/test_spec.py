@@ -54,7 +54,7 @@ def test_overrides_parse_yaml_values():
         ("optim.lr=-1", ["optim.lr", "-1"]),
         ("data.label_noise=1.5", ["data.label_noise", "1.5"]),
         ("train.epochs=0", ["train.epochs", "0"]),
-        ("optim.rhoo=0.1", ["optim.rhoo", "xtra"]),
+        ("optim.rhoo=0.1", ["optim.rhoo", "valid fields of optim", "rho,"]),
         ("schedule.milestones=[0.75, 0.5]", ["schedule.milestones", "increasing"]),
     ],
 )

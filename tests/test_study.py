@@ -83,8 +83,12 @@ def _sweep_command(study_path, workdir, executor="serial", workers=1):
             "--executor", executor, "--workers", str(workers), "--threads", "1", "--no-report"]
 
 
-def _live_members(group: int) -> list[int]:
-    """Pids of the process group that are alive (not zombies), read from /proc."""
+def _session_members(session: int) -> list[int]:
+    """Pids of the live (not zombie) processes of a session, read from /proc.
+
+    A sweep started with start_new_session=True leads its own session; its pool workers and the multiprocessing
+    resource tracker inherit the session (neither calls setsid), so this finds every descendant, orphaned or not.
+    """
     alive = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -92,8 +96,18 @@ def _live_members(group: int) -> list[int]:
                 fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == group and fields[0] != "Z":
+            if int(fields[3]) == session and fields[0] != "Z":
                 alive.append(int(entry))
+    return alive
+
+
+def _stragglers(session: int, patience_s: float = 20.0) -> list[int]:
+    """The session's processes still alive after waiting up to `patience_s` for them to go (killed, then reaped)."""
+    deadline = time.time() + patience_s
+    while (alive := _session_members(session)) and time.time() < deadline:
+        time.sleep(0.1)
+    for pid in alive:  # never leave a straggler behind for the next test
+        os.kill(pid, signal.SIGKILL)
     return alive
 
 
@@ -102,35 +116,57 @@ def _final_table(workdir):
     return frame[METRIC_COLUMNS].sort_values("run_id").reset_index(drop=True)
 
 
-@pytest.mark.parametrize("executor", ["serial", "local"])
-def test_kill_mid_sweep_then_resume_loses_and_repeats_nothing(tiny_config, tmp_path, executor):
+def _wait_until(condition, timeout_s: float = 120.0) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        assert time.time() < deadline, "the sweep never reached the moment to kill it"
+        time.sleep(0.01)
+
+
+# When the sweep process is killed: during the pool's start-up (once the resource tracker is up, i.e. while workers
+# are being spawned; once both workers exist, i.e. while they import torch; half a second later), or mid-run (a run
+# finished, another part-way), after which a second sweep must finish the study, repeating and losing nothing.
+KILL_MOMENTS = [("serial", "mid-run"), ("local", "mid-run"), ("local", "tracker started"),
+                ("local", "workers spawned"), ("local", "workers spawned + 0.5 s")]
+
+
+@pytest.mark.parametrize("executor, moment", KILL_MOMENTS)
+def test_killed_sweep_leaves_no_process_and_resumes_losing_and_repeating_nothing(tiny_config, tmp_path, executor,
+                                                                                 moment):
     study = _study(tiny_config, epochs=4, seeds=(0,), rhos=(0.05,))
     study = study.model_copy(update={"base": {**study.base, "data": {**study.base["data"], "train_subset": 1500}}})
     path = tmp_path / "study.yaml"
     path.write_text(study.to_yaml())
-    reference = tmp_path / "reference"
-    sweep(study, reference, SerialExecutor())
-
     killed = tmp_path / "killed"
+    store_file = store_path(killed)
     process = subprocess.Popen(_sweep_command(path, killed, executor, workers=2), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    store_file = store_path(killed)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill once some run is finished and another is mid-way
-        if store_file.exists():
-            frame = RunStore(store_file).runs_frame()
-            if not frame.empty and (frame["status"] == "complete").any() and (
-                (frame["status"] == "running") & (frame["epochs_done"] >= 1)).any():
-                break
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)  # the sweep process only: its workers must die with it
-    process.wait()
-    time.sleep(1.0)
-    assert _live_members(process.pid) == []  # no orphaned worker is still training
+
+    def mid_run() -> bool:
+        if not store_file.exists():
+            return False
+        frame = RunStore(store_file).runs_frame()
+        return not frame.empty and (frame["status"] == "complete").any() and (
+            (frame["status"] == "running") & (frame["epochs_done"] >= 1)).any()
+
+    try:
+        if moment == "mid-run":
+            _wait_until(mid_run)
+        else:  # the sweep, then the resource tracker, then the two workers join the session
+            _wait_until(lambda: len(_session_members(process.pid)) >= (2 if moment == "tracker started" else 4))
+            time.sleep(0.5 if moment.endswith("0.5 s") else 0.0)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)  # the sweep process only: its workers and tracker must die with it
+        process.wait()
+    assert _stragglers(process.pid) == []  # no orphaned worker or resource tracker lives on
+    if moment != "mid-run":
+        return
+
+    reference = tmp_path / "reference"
+    sweep(study, reference, SerialExecutor())
     frame = RunStore(store_file).runs_frame()
     finished_before = set(frame.loc[frame["status"] == "complete", "run_id"])
     assert 0 < len(finished_before) < len(frame)
-
     subprocess.run(_sweep_command(path, killed, executor, workers=2), check=True, capture_output=True)
     after = RunStore(store_file).runs_frame()
     assert (after["status"] == "complete").all()

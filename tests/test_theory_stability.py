@@ -116,7 +116,7 @@ def test_sgd_s2_bound_holds_and_matches_the_batch_variance_formula(batch_size):
 
 
 def test_paper_second_moment_identity_and_sufficient_condition():
-    """E[A_ξ²] = (I − ηH − ηρH²)² + η(η − 2ρ)S₂ + 2η²ρS₃ + η²ρ²S₄ for batch size 1 (PAPER.md §6)."""
+    """E[A_ξ²] = (I − ηH − ηρH²)² + η(η − 2ρ)S₂ + 2η²ρS₃ + η²ρ²S₄ for batch size 1 (docs/PROTOCOL.md §6)."""
     g = seeded(3)
     roots = torch.randn(5, 3, 3, generator=g, dtype=DT)
     hessians = roots @ roots.transpose(1, 2)

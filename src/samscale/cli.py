@@ -26,12 +26,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from samscale.spec.run import load_spec
     from samscale.store import RunStore
     from samscale.sweep.executors import execute_run
+    from samscale.train.checkpoint import load_checkpoint
     from samscale.train.events import EpochEnded
     from samscale.version import code_version
-    from samscale.workdir import store_path
+    from samscale.workdir import checkpoint_path, store_path
 
-    spec = load_spec(args.config, args.set)
+    _positive("--nproc", args.nproc)
+    spec = load_spec(args.config, args.set + ([f"runtime.nproc={args.nproc}"] if args.nproc else []))
     _positive("--threads", args.threads)
+    _check_models([spec])
+    if checkpoint_path(args.workdir, spec.run_id).is_file():  # refuse a damaged or unsafe one before the store
+        load_checkpoint(checkpoint_path(args.workdir, spec.run_id))
     store = RunStore(store_path(args.workdir))
     store.register(spec, study=args.study)
     status = store.status(spec.run_id)
@@ -63,7 +68,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """Print the table of runs in a work directory's store."""
     import pandas as pd
 
-    frame = _store(args.workdir).runs_frame(args.study)
+    store = _store(args.workdir)
+    if args.study and args.study not in (studies := store.studies()):
+        raise ConfigError(f"no study {args.study!r} in {store.path}; studies there: {', '.join(studies) or 'none'}")
+    frame = store.runs_frame(args.study)
     if frame.empty:
         print("no runs")
         return 0
@@ -80,6 +88,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     """Print the paper's model ladders with their parameter counts."""
     from samscale.models.registry import LADDERS, describe_ladder
 
+    if args.family and args.family not in LADDERS:
+        raise ConfigError(f"unknown model family {args.family!r}; valid: {', '.join(LADDERS)}")
     families = [args.family] if args.family else list(LADDERS)
     for family in families:
         print(f"{family}:")
@@ -93,6 +103,25 @@ def _positive(option: str, value: int | float | None) -> None:
     """Refuse a count that is not positive, naming the option (argparse's exit status 2 follows)."""
     if value is not None and not value > 0:
         raise UsageError(f"{option} must be a positive number, got {value}")
+
+
+def _check_executor_options(args: argparse.Namespace) -> None:
+    """Refuse non-positive --workers, --threads and --gpus-per-run (0 GPUs, the default, means none)."""
+    for option in ("workers", "threads", "gpus_per_run"):
+        if option != "gpus_per_run" or getattr(args, option):
+            _positive("--" + option.replace("_", "-"), getattr(args, option))
+
+
+def _check_models(specs) -> None:
+    """Refuse, before anything is written, runs whose model size or options their family cannot build."""
+    from samscale.models.registry import get_family
+
+    for spec in specs:
+        family = get_family(spec.model.family)
+        try:
+            family.arguments(spec.model.size, None, None, dict(spec.model.options))
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model.size / model.options of run {spec.label()}: {err}") from None
 
 
 def _progress(todo, done: int, total: int):
@@ -122,10 +151,9 @@ def run_sweep(study, workdir: Path, args: argparse.Namespace) -> int:
     from samscale.sweep.executors import make_executor
     from samscale.sweep.sweep import plan, sweep
 
-    for option in ("workers", "threads", "gpus_per_run"):
-        if option != "gpus_per_run" or getattr(args, option):
-            _positive("--" + option.replace("_", "-"), getattr(args, option))
+    _check_executor_options(args)
     other_versions = "rerun" if args.rerun_other_versions else "reuse" if args.reuse_other_versions else "refuse"
+    _check_models(study.expand())  # every run is valid and buildable before the store is opened or created
     executor = make_executor(args.executor, workers=args.workers, threads=args.threads, address=args.address,
                              gpus_per_run=args.gpus_per_run)
     store, todo, decision = plan(study, workdir, other_versions)
@@ -174,6 +202,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"{name:<20} {recipe.summary}")
         return 0
     recipe = get_recipe(args.name)
+    _check_executor_options(args)
     out = Path(args.out or Path("results") / f"{args.name}-{args.budget}")
     if isinstance(recipe, FunctionRecipe):
         print(f"report: {recipe.run(args.budget, out, on_progress=print)}")
@@ -201,7 +230,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Hessian analysis of a run or checkpoint; prints its headline numbers."""
     from samscale.report.run_analysis import analyze_target
+    from samscale.spec.catalog import ANALYSIS_NAMES
 
+    unknown = [name for name in args.what.split(",") if name not in ANALYSIS_NAMES]
+    if unknown:
+        raise UsageError(f"--what: unknown analyses {unknown}; valid: {','.join(ANALYSIS_NAMES)}")
+    _positive("--n-examples", args.n_examples)
     results = analyze_target(args.target, workdir=args.workdir, what=args.what.split(","),
                              n_examples=args.n_examples, out=args.out)
     for name, value in results["scalars"].items():
@@ -223,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. optim.rho=0.1")
     p.add_argument("--study", default=None, help="also list the run under this study name")
     p.add_argument("--threads", type=int, default=None, help="torch threads for this run (default: torch's choice)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train this run data-parallel on N processes (runtime.nproc; gloo on CPU, NCCL on CUDA; "
+                        "optim.sam_mode picks global or per-device SAM); N > 1 is part of the run's identity")
     workdir_option(p)
     p.set_defaults(func=cmd_train)
 
@@ -238,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     def executor_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--executor", choices=("local", "serial", "ray"), default="local",
-                       help="where runs train: a local process pool (default), this process, or Ray")
+        p.add_argument("--executor", choices=("local", "serial", "ray", "ensemble"), default="local",
+                       help="where runs train: a local process pool (default), this process, Ray, or ensemble "
+                            "(runs differing only in seed and optimizer trained as one batched model)")
         p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
         p.add_argument("--threads", type=int, default=None, help="torch threads per worker / CPUs per Ray task")
         p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
@@ -291,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"samscale {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except (ConfigError, KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
+    except (ConfigError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+            PermissionError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"samscale: error: {message}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Pruning at initialization (PAPER.md §5, sparsity experiment): masks, their application, and their enforcement.
+"""Pruning at initialization (docs/PROTOCOL.md §5, sparsity experiment): masks, their application, and their enforcement.
 
 Prunable weights are the kernels of every Linear and convolution layer (the classifier included). Biases,
 normalization scales/shifts, class tokens and position embeddings are never pruned: they are few and pruning them

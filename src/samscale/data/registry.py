@@ -18,9 +18,11 @@ from samscale.data.imagenet import build_imagenet
 from samscale.data.label_noise import symmetric_label_noise
 from samscale.data.mnist import build_mnist
 from samscale.data.mnist1d import build_mnist1d
+from samscale.data.molecules import build_molecules, build_solubility
 from samscale.data.options import non_negative_int, resolve_options
 from samscale.data.partition import partition_indices
 from samscale.data.standin import build_cifar10_standin
+from samscale.data.sst2 import build_sst2, build_sst2_standin
 from samscale.data.synthetic import build_least_squares, build_sine_1d, build_teacher_student
 
 _COMMON = ("root", "download", "augment")
@@ -57,6 +59,11 @@ DATASETS: dict[str, DatasetEntry] = _Registry({
     "teacher-student": DatasetEntry(build_teacher_student, "regression on a random two-layer ReLU teacher"),
     "least-squares": DatasetEntry(build_least_squares, "linear regression y = X w*"),
     "sine-1d": DatasetEntry(build_sine_1d, "a handful of points of a 1-D sine"),
+    "molecules": DatasetEntry(build_molecules, "your labelled molecule files (SDF or SMILES CSV) as padded graphs"),
+    "sst2": DatasetEntry(build_sst2, "GLUE SST-2 67,349 train / 872 dev (as test) sentences from its TSV files"),
+    "sst2-standin": DatasetEntry(build_sst2_standin, "generated-lexicon sentiment with negation, 8000/1000; for sst2"),
+    "solubility": DatasetEntry(build_solubility,
+                               "Huuskonen solubility, 1025/257 molecules, 3 classes, padded graphs; for ogbg-molpcba"),
 })
 
 

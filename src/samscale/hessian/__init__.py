@@ -7,7 +7,14 @@ through torch.func and never modify the model; algorithms (`lanczos`, `power_ite
 from samscale.hessian.analyze import ANALYSES, analyze
 from samscale.hessian.density import SpectralDensity, slq_moments, spectral_density
 from samscale.hessian.lanczos import lanczos
-from samscale.hessian.moments import MomentOperator, NonUniformityOperator, nonuniformity
+from samscale.hessian.minimum import MinimumCurvature, measure_minimum
+from samscale.hessian.moments import (
+    MomentOperator,
+    NonUniformity,
+    NonUniformityOperator,
+    nonuniformity,
+    nonuniformity_result,
+)
 from samscale.hessian.objective import Objective
 from samscale.hessian.operator import HessianOperator, LinearOperator, MatrixOperator
 from samscale.hessian.power import power_iteration
@@ -22,7 +29,9 @@ __all__ = [
     "HessianOperator",
     "LinearOperator",
     "MatrixOperator",
+    "MinimumCurvature",
     "MomentOperator",
+    "NonUniformity",
     "NonUniformityOperator",
     "Objective",
     "SpectralDensity",
@@ -31,7 +40,9 @@ __all__ = [
     "frobenius_norm",
     "hutchinson_trace",
     "lanczos",
+    "measure_minimum",
     "nonuniformity",
+    "nonuniformity_result",
     "power_iteration",
     "slq_moments",
     "spectral_density",

@@ -44,8 +44,8 @@ def analyze(
     ascent_steps: int = 20,
     bn_mode: str = "eval",
     dtype: torch.dtype | None = None,
-    hvp_mode: str = "fwd_rev",
-    cache: bool = False,
+    hvp_mode: str = "auto",
+    cache: bool | None = None,
     seed: int = 0,
 ) -> dict:
     """Curvature summary of the mean loss over `batches`; `what` picks among ANALYSES.
@@ -54,8 +54,8 @@ def analyze(
     Lanczos, with matvec count), "trace" and "frobenius" (Hutchinson, with standard errors), "moments"
     (SLQ tr(H^k)/P), "density" (SLQ density on `density_points` grid points), "nonuniformity" (s_k, eval-mode only),
     and the sharpness measures at radius `rho` / noise `sigma`. `hvp_mode` and `cache` configure the
-    HessianOperator (cache=True with hvp_mode="double_backward" keeps the gradient graphs of all batches in memory
-    and makes every product one backward pass). Every random choice derives from `seed`.
+    HessianOperator (the default "auto" picks the fastest exact product, normally double backward through cached
+    gradient graphs); "hvp_mode" in the report records the product used. Every random choice derives from `seed`.
     """
     unknown = [name for name in what if name not in ANALYSES]
     if unknown:
@@ -88,6 +88,8 @@ def analyze(
             op, n_runs=max(1, n_probes // 2), n_steps=density_steps, n_grid=density_points, generator=generator
         )
         report["density"] = {"grid": density.grid.tolist(), "density": density.density.tolist()}
+    if any(name in what for name in ("lambda_max", "trace", "frobenius", "moments", "density")):
+        report["hvp_mode"] = op.mode_used
     if "nonuniformity" in what:
         report["nonuniformity"] = {
             str(k): nonuniformity(model, loss_fn, batches, k, dtype=dtype, generator=generator)

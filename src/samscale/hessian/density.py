@@ -50,12 +50,7 @@ def quadrature(
     for _ in range(n_runs):
         probe = rademacher(op.size, dtype=dtype, device=op.device, generator=generator)
         process = LanczosProcess(op, probe, steps)
-        while True:
-            beta = process.step()
-            scale = max([abs(a) for a in process.alphas] + process.betas + [beta])
-            if process.steps == steps or beta <= 1e-10 * scale:
-                break  # enough steps, or the Krylov space is invariant and the quadrature already exact
-            process.extend(beta, process.residual / beta)
+        process.run()
         theta, s = torch.linalg.eigh(process.tridiagonal())
         all_nodes.append(theta)
         all_weights.append(s[0] ** 2)

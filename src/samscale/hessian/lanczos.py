@@ -51,6 +51,15 @@ class LanczosProcess:
         self.residual = w
         return float(w.norm())
 
+    def run(self) -> None:
+        """Step until the basis is full or the Krylov space is invariant (β ≈ 0: T's quadrature is then exact)."""
+        while True:
+            beta = self.step()
+            scale = max([abs(a) for a in self.alphas] + self.betas + [beta])
+            if self.steps == self.basis.shape[0] or beta <= 1e-10 * scale:
+                return
+            self.extend(beta, self.residual / beta)
+
     def extend(self, beta: float, next_vector: Tensor) -> None:
         """Append the next basis vector (the normalized residual, or a fresh orthogonal vector when β = 0)."""
         self.betas.append(beta)

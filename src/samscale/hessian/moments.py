@@ -1,4 +1,4 @@
-"""Per-example Hessian moments M_k = (1/n) Σ_i H_i^k and the non-uniformity S_k = M_k − H^k (PAPER.md §6).
+"""Per-example Hessian moments M_k = (1/n) Σ_i H_i^k and the non-uniformity S_k = M_k − H^k (docs/PROTOCOL.md §6).
 
 M_k·v applies each example's Hessian k times to v (per-example HVPs, vectorized with torch.func.vmap over chunks
 of examples), so no per-example Hessian is ever formed. The model is evaluated in eval mode throughout: a BatchNorm
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -135,6 +136,41 @@ class NonUniformityOperator(LinearOperator):
         return self.moment.matvec(vector) - power
 
 
+class NonUniformity(NamedTuple):
+    """s_k = λ_max(S_k)^{1/k} (0.0 when λ_max(S_k) ≤ 0), with λ_max itself and how its Lanczos run ended."""
+
+    value: float
+    top_eigenvalue: float
+    converged: bool
+    n_matvec: int
+
+
+def nonuniformity_result(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Batch | Iterable[Batch],
+    k: int,
+    *,
+    dtype: torch.dtype | None = None,
+    params: Iterable[str | nn.Parameter] | None = None,
+    chunk_size: int = 32,
+    tol: float = 1e-6,
+    max_iter: int | None = None,
+    generator: torch.Generator | None = None,
+) -> NonUniformity:
+    """The k-th Hessian non-uniformity s_k = λ_max(S_k)^{1/k} with λ_max by Lanczos (largest algebraic), and the
+    Lanczos run's convergence. `max_iter` defaults to Lanczos's own default and is capped at the operator size.
+
+    s_k is 0.0 when λ_max(S_k) ≤ 0 (possible for k = 3, 4; for k = 2 only up to rounding): a non-positive λ_max
+    satisfies every upper bound s_k ≤ c that the stability theory places on it, so 0 is the consistent value.
+    """
+    op = NonUniformityOperator(model, loss_fn, data, k, dtype=dtype, params=params, chunk_size=chunk_size)
+    steps = None if max_iter is None else max(1, min(max_iter, op.size))
+    result = lanczos(op, k=1, tol=tol, max_iter=steps, which="LA", generator=generator)
+    top = float(result.eigenvalues[0])
+    return NonUniformity(math.pow(top, 1.0 / k) if top > 0 else 0.0, top, bool(result.converged), result.n_matvec)
+
+
 def nonuniformity(
     model: nn.Module,
     loss_fn: LossFn,
@@ -148,11 +184,8 @@ def nonuniformity(
     max_iter: int | None = None,
     generator: torch.Generator | None = None,
 ) -> float:
-    """s_k = λ_max(S_k)^{1/k}, the k-th Hessian non-uniformity, with λ_max by Lanczos (largest algebraic).
-
-    Returns 0.0 when λ_max(S_k) ≤ 0 (possible for k = 3, 4; for k = 2 only up to rounding): a non-positive λ_max
-    satisfies every upper bound s_k ≤ c that the stability theory places on it, so 0 is the consistent value.
-    """
-    op = NonUniformityOperator(model, loss_fn, data, k, dtype=dtype, params=params, chunk_size=chunk_size)
-    top = float(lanczos(op, k=1, tol=tol, max_iter=max_iter, which="LA", generator=generator).eigenvalues[0])
-    return math.pow(top, 1.0 / k) if top > 0 else 0.0
+    """s_k = λ_max(S_k)^{1/k}, the k-th Hessian non-uniformity (the value of `nonuniformity_result`)."""
+    return nonuniformity_result(
+        model, loss_fn, data, k, dtype=dtype, params=params, chunk_size=chunk_size, tol=tol, max_iter=max_iter,
+        generator=generator,
+    ).value

@@ -6,6 +6,7 @@ Everything in `samscale.hessian` evaluates models through this view: parameters 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -223,37 +224,107 @@ class Objective:
     ) -> dict[str, Tensor]:
         return self._retained_gradient(params, x, y)(tangent, retain_graph=False)
 
-    def _retained_gradient(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Callable[..., dict]:
+    def _retained_gradient(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> RetainedGradient:
         """Build the batch gradient with its graph (create_graph=True); return v ↦ ∇(gᵀv), one backward per call."""
         leaves = {n: t.detach().requires_grad_(True) for n, t in params.items()}
-        with torch.enable_grad():
+        counter = SavedBytes()
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
             loss = self.batch_loss(leaves, x, y)
             grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+        return RetainedGradient(leaves, grads, counter.total)
 
-        def second_backward(tangent: dict[str, Tensor], retain_graph: bool = True) -> dict[str, Tensor]:
-            with torch.enable_grad():
-                terms = [(g * tangent[n]).sum() for n, g in zip(leaves, grads) if g is not None and g.requires_grad]
-                if not terms:
-                    return {n: torch.zeros_like(t) for n, t in params.items()}
-                second = torch.autograd.grad(
-                    sum(terms), list(leaves.values()), retain_graph=retain_graph, allow_unused=True
-                )
-            return {n: torch.zeros_like(params[n]) if s is None else s for n, s in zip(leaves, second)}
+    def custom_functions(self) -> list[str]:
+        """Names of the user-defined autograd.Functions in the loss's graph on the first batch (one forward pass).
 
-        return second_backward
+        torch's own operations either have a tested double backward or raise when asked for one; a custom
+        Function whose backward is not differentiable (e.g. marked @once_differentiable) can instead make double
+        backward and forward-over-reverse silently drop terms, so products through it need checking.
+        """
+        (x, y), params = self.batches[0], self.unflatten(self.point)
+        leaves = {n: t.detach().requires_grad_(True) for n, t in params.items()}
+        with torch.enable_grad(), evaluation_mode(self.model, self.bn_mode):
+            loss = self.batch_loss(leaves, x, y)
+        found, seen, stack = set(), set(), [loss.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            if isinstance(node, torch.autograd.function.BackwardCFunction):
+                found.add(type(node).__name__.removesuffix("Backward"))
+            stack.extend(child for child, _ in node.next_functions)
+        return sorted(found)
 
-    def cached_hvp(self) -> Callable[[Tensor], Tensor]:
+    def cached_hvp(self, max_bytes: float = math.inf) -> CachedHvp | None:
         """v ↦ ∇²f(w)·v at the snapshot point, each batch's gradient graph built once (here) and kept in memory,
-        so that every product is a single backward pass through it (double backward without the recomputation)."""
+        so that every product is a single backward pass through it (double backward without the recomputation).
+
+        The memory of all graphs is estimated from the first batch's (the bytes autograd saved, scaled by the
+        number of examples); when that exceeds `max_bytes` nothing is kept and None is returned.
+        """
         params = self.unflatten(self.point)
+        products = []
         with evaluation_mode(self.model, self.bn_mode):
-            products = [(w, self._retained_gradient(params, x, y)) for w, (x, y) in zip(self._weights, self.batches)]
+            for index, (w, (x, y)) in enumerate(zip(self._weights, self.batches)):
+                products.append((w, self._retained_gradient(params, x, y)))
+                if index == 0 and products[0][1].nbytes * self.n_examples / x.shape[0] > max_bytes:
+                    return None
+        return CachedHvp(self, products)
 
-        def hvp(vector: Tensor) -> Tensor:
-            tangent = self.unflatten(vector)
-            total = torch.zeros(self.size, dtype=self.dtype, device=self.device)
-            for w, product in products:
-                total += w * self.flatten(product(tangent))
-            return total
 
-        return hvp
+class SavedBytes:
+    """Counts the bytes of the distinct tensors autograd saves while it is installed as the saved-tensors hooks:
+    the memory a retained graph holds on to (an estimate: inputs and parameters are counted too, once each)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._seen: set[tuple[torch.device, int, int]] = set()
+
+    def pack(self, tensor: Tensor) -> Tensor:
+        key = (tensor.device, tensor.data_ptr(), tensor.numel())
+        if key not in self._seen:
+            self._seen.add(key)
+            self.total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    @staticmethod
+    def unpack(tensor: Tensor) -> Tensor:
+        return tensor
+
+
+class RetainedGradient:
+    """One batch's gradient g(w) with its graph kept; calling it with a tangent v returns ∇(gᵀv) = H_b·v.
+
+    `nbytes` is the memory the graph holds (see SavedBytes).
+    """
+
+    def __init__(self, leaves: dict[str, Tensor], grads: Sequence[Tensor | None], nbytes: int) -> None:
+        self.leaves = leaves
+        self.grads = grads
+        self.nbytes = nbytes
+
+    def __call__(self, tangent: dict[str, Tensor], retain_graph: bool = True) -> dict[str, Tensor]:
+        leaves = self.leaves
+        with torch.enable_grad():
+            terms = [(g * tangent[n]).sum() for n, g in zip(leaves, self.grads) if g is not None and g.requires_grad]
+            if not terms:
+                return {n: torch.zeros_like(t) for n, t in leaves.items()}
+            second = torch.autograd.grad(sum(terms), list(leaves.values()), retain_graph=retain_graph, allow_unused=True)
+        return {n: torch.zeros_like(leaves[n]) if s is None else s for n, s in zip(leaves, second)}
+
+
+class CachedHvp:
+    """Hessian-vector products through retained gradient graphs, one backward pass per batch and product."""
+
+    def __init__(self, objective: Objective, products: list[tuple[float, RetainedGradient]]) -> None:
+        self.objective = objective
+        self.products = products
+        self.nbytes = sum(product.nbytes for _, product in products)
+
+    def __call__(self, vector: Tensor) -> Tensor:
+        objective = self.objective
+        tangent = objective.unflatten(vector)
+        total = torch.zeros(objective.size, dtype=objective.dtype, device=objective.device)
+        for w, product in self.products:
+            total += w * objective.flatten(product(tangent))
+        return total

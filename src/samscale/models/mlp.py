@@ -11,7 +11,7 @@ from samscale.models.init import flax_init_, require_positive_int
 
 
 class MLP(nn.Module):
-    """Multilayer perceptron with ReLU hidden layers, biases on, no normalization or dropout (PAPER.md §3)."""
+    """Multilayer perceptron with ReLU hidden layers, biases on, no normalization or dropout (docs/PROTOCOL.md §3)."""
 
     def __init__(self, hidden: Sequence[int], in_features: int, num_classes: int) -> None:
         super().__init__()

@@ -17,6 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from samscale.models.dqn import dqn, dqn_param_count
+from samscale.models.gcn import gcn, gcn_param_count
+from samscale.models.lstm import lstm_classifier, lstm_param_count
 from samscale.models.mlp import mlp, mlp_param_count
 from samscale.models.regression import two_layer, two_layer_param_count
 from samscale.models.resnet import (
@@ -141,6 +144,28 @@ def _resolve_two_layer(size: Any, shape: tuple[int, ...], classes: int, options:
                 activation=options["activation"], bias=options["bias"])
 
 
+def _resolve_gcn(size: Any, shape: tuple[int, ...], classes: int, options: dict) -> dict:
+    if not _is_int(size) or size < 1:
+        raise FAMILIES["gcn"].size_error(size)
+    if len(shape) != 2 or shape[1] <= shape[0]:
+        raise ValueError(f"gcn needs input_shape (nodes, features + nodes), got {shape}")
+    return dict(width=size, depth=options["depth"], in_features=shape[1] - shape[0], num_classes=classes)
+
+
+def _resolve_lstm(size: Any, shape: tuple[int, ...], classes: int, options: dict) -> dict:
+    if not _is_int(size) or size < 1:
+        raise FAMILIES["lstm"].size_error(size)
+    if len(shape) != 2:
+        raise ValueError(f"lstm needs input_shape (length, vocabulary size) of token-id inputs, got {shape}")
+    return dict(width=size, vocab_size=shape[1], num_classes=classes)
+
+
+def _resolve_dqn(size: Any, shape: tuple[int, ...], classes: int, options: dict) -> dict:
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or not size > 0:
+        raise FAMILIES["dqn"].size_error(size)
+    return dict(multiplier=size, in_shape=_image_shape("dqn", shape), num_actions=classes, stem=options["stem"])
+
+
 FAMILIES: Mapping[str, Family] = MappingProxyType({
     "mlp": Family(
         name="mlp",
@@ -208,11 +233,45 @@ FAMILIES: Mapping[str, Family] = MappingProxyType({
         constructor=two_layer,
         counter=two_layer_param_count,
     ),
+    "gcn": Family(
+        name="gcn",
+        size_meaning="the hidden width, a positive int (5 residual graph convolutions by default)",
+        ladder=(200, 300, 450, 600, 730),
+        default_input_shape=(47, 31 + 47),  # Huuskonen solubility: up to 47 atoms, 31 atom features
+        default_num_classes=3,
+        options={"depth": 5},
+        resolve=_resolve_gcn,
+        constructor=gcn,
+        counter=gcn_param_count,
+    ),
+    "lstm": Family(
+        name="lstm",
+        size_meaning="the embedding and hidden width, a positive int",
+        ladder=(48, 96, 192, 384, 850),
+        default_input_shape=(64, 10_002),  # SST-2: sentences of up to 64 tokens, 10,000 words + pad + unknown
+        default_num_classes=2,
+        options={},
+        resolve=_resolve_lstm,
+        constructor=lstm_classifier,
+        counter=lstm_param_count,
+    ),
+    "dqn": Family(
+        name="dqn",
+        size_meaning="a width multiplier w > 0 of the Nature-DQN network (filters 32w, 64w, 64w; hidden 512w)",
+        ladder=(0.5, 0.75, 1, 1.5, 2),
+        default_input_shape=(4, 84, 84),  # Atari: 4 stacked 84x84 grey frames, 18 actions
+        default_num_classes=18,
+        options={"stem": "auto"},
+        resolve=_resolve_dqn,
+        constructor=dqn,
+        counter=dqn_param_count,
+    ),
 })
 """Registered model families by name."""
 
 LADDERS: Mapping[str, tuple[Size, ...]] = MappingProxyType({name: f.ladder for name, f in FAMILIES.items()})
-"""The paper's size ladder of every family (ViT and two-layer ladders are ours: ≈1.5e4–8e5 and ≈1e4–1e5 params)."""
+"""The paper's size ladder of every family (ViT and two-layer ladders are ours: ≈1.5e4–8e5 and ≈1e4–1e5 params;
+GCN and LSTM widths are ours, chosen to span the paper's 0.2M–2.7M and 0.5M–15M; DQN multipliers span its 0.4M–6.7M on Atari frames)."""
 
 
 def get_family(family: str) -> Family:

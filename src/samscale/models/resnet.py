@@ -1,6 +1,6 @@
 """Residual networks of the paper: CIFAR-style ResNet-10/18/34 (width `filters`) and ImageNet ResNet-50.
 
-CIFAR variant (PAPER.md §3): 3×3 stride-1 stem without max-pool; four stages of BasicBlocks with filters × (1, 2, 4, 8)
+CIFAR variant (docs/PROTOCOL.md §3): 3×3 stride-1 stem without max-pool; four stages of BasicBlocks with filters × (1, 2, 4, 8)
 channels, stride 2 in the first block of stages 2–4. The head averages the final feature map to 1×1 with an adaptive
 pool: on 32×32 inputs that map is 4×4, so this equals the authors' 4×4 average pool; on 28×28 inputs the stages give
 28 → 14 → 7 → 4, again 4×4. All convolutions are bias-free; the classifier Linear has a bias.

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.amp import GradScaler
 from torch.optim import Optimizer
 
 # Keys SAM keeps in every parameter group (shared with the base optimizer, so they must not collide with its keys).
@@ -69,6 +70,8 @@ class SAM(Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
         self._perturbed: tuple[list[Tensor], list[Tensor]] | None = None
+        self._skipped = False  # first_step found an inf/NaN under a GradScaler: second_step drops the update
+        self._amp_holders: list[_GradHolder] = []  # keys of the scaler's records of this update's clean passes
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to SAM and its base optimizer at once, filling SAM's and the base's defaults."""
@@ -81,53 +84,115 @@ class SAM(Optimizer):
             super().add_param_group(param_group)
 
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = False) -> None:
-        """Save every parameter that has a gradient and move it to w + ε (the ascent step); see the class docstring."""
-        if self._perturbed is not None:
+    def first_step(
+        self,
+        zero_grad: bool = False,
+        *,
+        scaler: GradScaler | None = None,
+    ) -> bool:
+        """Save every parameter that has a gradient and move it to w + ε (the ascent step); see the class docstring.
+
+        With a ``scaler`` (mixed precision) ``.grad`` holds scaled gradients: they are unscaled first, so ε comes
+        from the true gradient. If they hold an inf or NaN the weights are not moved, the update is marked skipped
+        (``second_step`` then discards it and backs the scale off) and False is returned; otherwise True.
+        """
+        if self._perturbed is not None or self._skipped:
             raise RuntimeError("first_step() called twice: call restore() or second_step() before perturbing again")
         groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
         groups = [(g, ps) for g, ps in groups if ps]
         if not groups:
             raise RuntimeError("first_step() found no gradients: call backward() on the clean loss first")
+        amp = scaler is not None and scaler.is_enabled()
+        if amp:
+            self._unscale_(scaler, [p for _, ps in groups for p in ps])
         directions = [_ascent_directions(ps, g["adaptive"], g["eta"]) for g, ps in groups]
-        norm = _global_norm([t_g for t_gs, _ in directions for t_g in t_gs]) if self.normalize else None
+        norm = _global_norm([t_g for t_gs, _ in directions for t_g in t_gs]) if self.normalize or amp else None
+        if amp:
+            if not bool(torch.isfinite(norm)):
+                self._skipped = True
+                if zero_grad:
+                    self.zero_grad(set_to_none=True)
+                return False
+            if not self.normalize:
+                norm = None
         all_params: list[Tensor] = []
         all_saved: list[Tensor] = []
         for (group, params), (_, t2_gs) in zip(groups, directions):
             scale = group["rho"] if norm is None else group["rho"] / (norm + self.norm_eps)
-            saved = [self._saved_copy_buffer(p) for p in params]
-            torch._foreach_copy_(saved, params)
-            _add_scaled_(params, t2_gs, scale)
+            perturbed = self._spare_buffers(params)
+            _add_scaled_into(perturbed, params, t2_gs, scale)
+            for p, w_plus_eps in zip(params, perturbed):  # swap storages: w is kept as it is, nothing copied
+                all_saved.append(p.data)
+                p.data = w_plus_eps
             all_params += params
-            all_saved += saved
         self._perturbed = (all_params, all_saved)
         if zero_grad:
             self.zero_grad(set_to_none=True)
+        return True
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Copy back the weights saved by ``first_step`` (bit-exact; ε is never subtracted, so nothing drifts)."""
+        """Put back the weights ``first_step`` set aside (bit-exact; ε is never subtracted, so nothing drifts).
+
+        ``first_step`` writes w + ε into a spare buffer and swaps it in as each parameter's data, keeping w's own
+        storage aside, so restoring is a swap back: no copy either way. The spare buffer is reused every step.
+        """
         if self._perturbed is None:
             raise RuntimeError("restore() needs a preceding first_step(): the weights are not perturbed")
         params, saved = self._perturbed
-        torch._foreach_copy_(params, saved)
+        for p, w in zip(params, saved):
+            p.data = w
         self._perturbed = None
 
-    def second_step(self, zero_grad: bool = False) -> None:
-        """Restore w and let the base optimizer step with the gradient now in ``.grad`` (the SAM gradient)."""
+    def second_step(self, zero_grad: bool = False, *, scaler: GradScaler | None = None) -> None:
+        """Restore w and let the base optimizer step with the gradient now in ``.grad`` (the SAM gradient).
+
+        With a ``scaler``: the gradient is unscaled, the base step is skipped if it holds an inf or NaN (or if
+        ``first_step`` already found one), and the scaler is updated, once per SAM update.
+        """
+        if self._skipped:
+            self.skip_update(scaler)
+            return
         self.restore()
-        self.base_step()
+        self.base_step(scaler)
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
-    def base_step(self) -> None:
-        """Run ``base_optimizer.step()`` on the current ``.grad`` at the current (unperturbed) weights."""
+    def skip_update(self, scaler: GradScaler | None = None) -> None:
+        """Drop this update: weights restored if perturbed, gradients cleared, base optimizer state untouched, and
+        the scaler (if any) told about the overflow so that it backs its scale off."""
+        if self._perturbed is not None:
+            self.restore()
+        self._skipped = False
+        self.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            _record_overflow(scaler, self._amp_holders, self.param_groups[0]["params"][0].device)
+            scaler.update()
+        self._amp_holders.clear()
+        self._opt_called = True
+
+    def base_step(self, scaler: GradScaler | None = None) -> bool:
+        """Run ``base_optimizer.step()`` on the current ``.grad`` at the current (unperturbed) weights.
+
+        With a ``scaler``: the gradient is unscaled, the step is skipped if it holds an inf or NaN, and the scaler
+        is updated. Returns whether the base optimizer stepped.
+        """
         if self._perturbed is not None:
             raise RuntimeError("base_step() while the weights are perturbed: call restore() first")
-        self.base_optimizer.step()
+        stepped = True
+        if scaler is not None and scaler.is_enabled():
+            scaler.unscale_(self.base_optimizer)
+            grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+            stepped = not grads or bool(torch.isfinite(_global_norm(grads)))
+            scaler.step(self.base_optimizer)  # skips by itself when unscale_ found an inf or NaN
+            scaler.update()
+            self._amp_holders.clear()
+        else:
+            self.base_optimizer.step()
         # torch's LR schedulers check this flag (set by a call to .step()) to warn about call order; the update
         # happened here, so a scheduler attached to this object must not warn.
         self._opt_called = True
+        return stepped
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
         """Full SAM update; ``closure`` computes the mini-batch loss and calls backward (called twice, grads zeroed).
@@ -169,14 +234,46 @@ class SAM(Optimizer):
             _check_group(group)
         self.normalize, self.norm_eps = normalize, norm_eps
 
-    def _saved_copy_buffer(self, p: Tensor) -> Tensor:
-        """The persistent buffer that holds p's unperturbed value (allocated once, reused every step)."""
-        state = self.state[p]
-        buffer = state.get("old_p")
-        if buffer is None or buffer.shape != p.shape or buffer.dtype != p.dtype or buffer.device != p.device:
-            buffer = torch.empty_like(p)
-            state["old_p"] = buffer
-        return buffer
+    def _unscale_(self, scaler: GradScaler, params: list[Tensor]) -> None:
+        """Unscale the clean gradients in place through the scaler, which records whether they overflowed.
+
+        ``GradScaler.unscale_`` may run once per optimizer between updates, and SAM needs it once per clean pass
+        plus once for the SAM gradient, so each clean pass is unscaled under its own small holder object; the
+        scaler's ``update`` then sees every record of the step.
+        """
+        holder = _GradHolder(params)
+        self._amp_holders.append(holder)
+        scaler.unscale_(holder)
+
+    def _spare_buffers(self, params: list[Tensor]) -> list[Tensor]:
+        """The persistent buffers that hold w + ε while perturbed (allocated once, reused every step)."""
+        buffers = []
+        for p in params:
+            state = self.state[p]
+            buffer = state.get("spare")
+            if (buffer is None or buffer.shape != p.shape or buffer.dtype != p.dtype or buffer.device != p.device
+                    or buffer.stride() != p.stride()):
+                buffer = torch.empty_like(p)
+                state["spare"] = buffer
+            buffers.append(buffer)
+        return buffers
+
+
+class _GradHolder:
+    """Just enough of an optimizer (``param_groups``) for ``GradScaler.unscale_`` to unscale and record these grads."""
+
+    def __init__(self, params: list[Tensor]):
+        self.param_groups = [{"params": params}]
+
+
+def _record_overflow(scaler: GradScaler, holders: list[_GradHolder], device: torch.device) -> None:
+    """Make the scaler's next ``update`` back off, as for any overflowing step (also when only another process, or
+    only the ascent norm, overflowed): it is shown one infinite gradient through its public ``unscale_``."""
+    probe = torch.zeros(1, device=device)
+    probe.grad = torch.full((1,), math.inf, device=device)
+    holder = _GradHolder([probe])
+    holders.append(holder)
+    scaler.unscale_(holder)
 
 
 def _ascent_directions(params: list[Tensor], adaptive: bool, eta: float) -> tuple[list[Tensor], list[Tensor]]:
@@ -199,14 +296,16 @@ def _ascent_directions(params: list[Tensor], adaptive: bool, eta: float) -> tupl
     return t_gs, t2_gs
 
 
-def _add_scaled_(params: list[Tensor], tensors: list[Tensor], scale: float | Tensor) -> None:
-    """params += scale · tensors; one fused pass when the scale is readable without a device sync (on the CPU)."""
+def _add_scaled_into(out: list[Tensor], params: list[Tensor], tensors: list[Tensor], scale: float | Tensor) -> None:
+    """out = params + scale · tensors: one pass per tensor on the CPU (the scale is read without a device sync)."""
     if isinstance(scale, Tensor):
         if scale.device.type != "cpu":
-            torch._foreach_add_(params, torch._foreach_mul(tensors, scale))
+            torch._foreach_copy_(out, params)
+            torch._foreach_add_(out, torch._foreach_mul(tensors, scale))
             return
         scale = scale.item()
-    torch._foreach_add_(params, tensors, alpha=scale)
+    for o, p, t in zip(out, params, tensors):
+        torch.add(p, t, alpha=scale, out=o)
 
 
 def _global_norm(tensors: list[Tensor]) -> Tensor:

@@ -24,6 +24,14 @@ def check_data(study) -> str | None:
     """None if the study's dataset can be loaded here, else the loader's explanation of what is missing."""
     from samscale.data import DatasetUnavailable, load_dataset
 
+    if study.base.get("rl", {}).get("env"):  # a DQN study needs its environment, not a dataset
+        from samscale.data.minatar_env import minatar_version
+
+        try:
+            minatar_version()
+        except DatasetUnavailable as err:
+            return str(err)
+        return None
     data = study.base.get("data", {})
     try:
         load_dataset(data.get("name", "mnist"), val_size=0, **data.get("options", {}))
@@ -78,6 +86,44 @@ def _stability(budget: str, out: Path, on_progress: Callable[[str], None] | None
     return run_stability(budget, out, on_progress=on_progress)
 
 
+def _convergence(budget: str, out: Path, on_progress: Callable[[str], None] | None = None) -> Path:
+    from samscale.experiments.convergence.run import run_convergence
+
+    return run_convergence(budget, out, on_progress=on_progress)
+
+
+def _solution_space(budget: str, out: Path, on_progress: Callable[[str], None] | None = None) -> Path:
+    from samscale.experiments.solution_space.run import run_solution_space
+
+    return run_solution_space(budget, out, on_progress=on_progress)
+
+
+EARLY_STOPPING_DIR = "early-stopping"
+"""Sub-folder of the regularization recipe's second report: the same runs read at their best-validation epoch."""
+
+
+def _regularization(budget: str, out: Path, on_progress: Callable[[str], None] | None = None) -> Path:
+    """Sweep the regularization study, then report it twice: at the final epoch (no early stopping, the paper's
+    protocol) in `out/report`, and at each run's best-validation epoch (early stopping) in `out/early-stopping`."""
+    from samscale.report.study_report import build_study_report
+    from samscale.spec.study import load_study
+    from samscale.sweep.executors import make_executor
+    from samscale.sweep.sweep import sweep
+
+    progress = on_progress or (lambda line: None)
+    study = load_study(recipe_path("regularization"), budget)
+    missing = check_data(study)
+    if missing:
+        raise ConfigError(f"regularization at budget {budget!r} needs data that are not available here: {missing}")
+    executor = make_executor("serial" if budget == "smoke" else "local")
+    sweep(study, out, executor, on_result=lambda outcome, done, total: progress(
+        f"{done}/{total} runs: {outcome.status}: {outcome.label}"))
+    command = f"samscale reproduce regularization --budget {budget} --out {out}"
+    early = build_study_report(out, command=command, out=Path(out) / EARLY_STOPPING_DIR, epoch="best")
+    progress(f"report with early stopping: {early}")
+    return build_study_report(out, command=command, epoch="final")
+
+
 RECIPES: dict[str, StudyRecipe | CombinedRecipe | FunctionRecipe] = {
     "mnist-mlp": StudyRecipe("mnist-mlp", "SAM − SGD test accuracy vs #params, MLPs on MNIST (5 widths)"),
     "cifar10-resnet18": StudyRecipe(
@@ -93,6 +139,37 @@ RECIPES: dict[str, StudyRecipe | CombinedRecipe | FunctionRecipe] = {
     ),
     "stability": FunctionRecipe(
         "stability", "sharpness and Hessian non-uniformity of SGD/USAM/SAM minima vs linear-stability bounds", _stability
+    ),
+    "convergence": FunctionRecipe(
+        "convergence", "stochastic USAM on interpolating problems: fitted linear rate vs the theorem's bound, "
+        "noise floor without interpolation, PL along MLP and factorization runs", _convergence
+    ),
+    "synthetic": StudyRecipe(
+        "synthetic", "SAM − Adam test loss vs #params (1–10 × 10⁴), two-layer MLP teacher–student regression"
+    ),
+    "solution-space": FunctionRecipe(
+        "solution-space", "1-D regression, 10 vs 100 ReLU neurons: distance between the GD and SAM functions, "
+        "sharpness of each", _solution_space
+    ),
+    "label-noise": StudyRecipe(
+        "label-noise", "SAM − SGD vs #params at 0/20/40/60 % symmetric label noise (cpu: MNIST MLPs, noisy subset)"
+    ),
+    "sparsity": StudyRecipe(
+        "sparsity", "pruning at init (random, SNIP): gain vs sparsity, large-sparse vs small-dense, ρ* per sparsity"
+    ),
+    "regularization": FunctionRecipe(
+        "regularization", "counter-cases: ViT from scratch, ResNet-18 without weight decay; with/without early stopping",
+        _regularization,
+    ),
+    "depth": StudyRecipe("depth", "SAM − SGD for CIFAR ResNets of depth 10, 18, 34 at fixed width"),
+    "atari-dqn": StudyRecipe(
+        "atari-dqn", "SAM − Adam evaluation return vs #params, Nature-DQN widths (stand-in: MinAtar Breakout)"
+    ),
+    "sst2-lstm": StudyRecipe(
+        "sst2-lstm", "SAM − Adam test accuracy vs #params, LSTMs on SST-2 (cpu: generated-lexicon stand-in)"
+    ),
+    "graph-gcn": StudyRecipe(
+        "graph-gcn", "SAM − Adam test accuracy vs #params, GCNs on molecular graphs (stand-in: solubility molecules)"
     ),
 }
 

@@ -113,16 +113,24 @@ def save_plot(plot: Plot, directory: str | Path) -> tuple[Path, Path]:
 def gain_plot(summary: pd.DataFrame, selected: pd.DataFrame, rule: SelectionRule,
               paper: pd.DataFrame | None = None) -> Plot | None:
     """Gain vs #params: mean line, mean ± std band, faint per-seed points, hollow partial sizes, paper values."""
+    extra = [c for c in ("default_gain_mean", "null_gain_mean", "null_p_value") if c in summary]
     table = with_paper(summary[[*rule.group_by, rule.size_key, "n_params", "n_seeds", "gain_mean", "gain_std",
-                                "gain_ci95", "gain_seeds", "partial"]], paper, rule)
+                                "gain_ci95", *extra, "gain_seeds", "partial"]], paper, rule)
     drawn = _drawable(summary, "gain_mean")
     if drawn.empty:
         return None
     fig, ax = _axes()
+    default = ", ".join(f"{c.rsplit('.', 1)[-1]}={v:g}" for c, v in rule.default.items())
     for color, (label, rows) in zip(_colors(), _groups(drawn, rule)):
-        _band(ax, rows, "gain_mean", "gain_std", color=color, label=label or "mean ± std over seeds")
+        _band(ax, rows, "gain_mean", "gain_std", color=color, label=label or "tuned: mean ± std over seeds")
         seeds = _drawable(_same_group(selected, rows, rule), "gain")
         ax.scatter(seeds["n_params"], seeds["gain"], s=10, color=color, alpha=0.3, linewidths=0)
+        for column, style, text in (("default_gain_mean", "--", f"untuned {default}"),
+                                    ("null_gain_mean", ":", "expected under no effect")):
+            line = _drawable(rows, column).sort_values("n_params")
+            if len(line):
+                ax.plot(line["n_params"], line[column].astype(float), linestyle=style, color=color, alpha=0.8,
+                        label=f"{text}{' ' + label if label else ''}")
     if paper is not None and "paper_gain" in table:
         _paper_points(ax, table)
     ax.axhline(0.0, color="0.5", linestyle=":", linewidth=1)
@@ -131,25 +139,22 @@ def gain_plot(summary: pd.DataFrame, selected: pd.DataFrame, rule: SelectionRule
 
 
 def tuned_plot(summary: pd.DataFrame, selected: pd.DataFrame, rule: SelectionRule, column: str) -> Plot | None:
-    """Chosen value of one tuned hyperparameter vs #params: median line with per-seed points."""
+    """Value of one tuned hyperparameter chosen per size (on the seed-mean validation score) vs #params."""
     star = rule.stars[rule.tune.index(column)]
-    median = f"{star}_median"
-    table = summary[[*rule.group_by, rule.size_key, "n_params", median, f"{star}_seeds", "partial"]]
-    drawn = _drawable(summary, median)
+    table = summary[[*rule.group_by, rule.size_key, "n_params", star, "partial"]]
+    drawn = _drawable(summary, star)
     if drawn.empty:
         return None
     symbol = "ρ*" if column == "optim.rho" else f"{column} chosen"
     fig, ax = _axes()
     for color, (label, rows) in zip(_colors(), _groups(drawn, rule)):
-        _band(ax, rows, median, None, color=color, label=label or "median over seeds")
-        seeds = _drawable(_same_group(selected, rows, rule), star)
-        ax.scatter(seeds["n_params"], seeds[star].astype(float), s=12, color=color, alpha=0.35, linewidths=0)
-    values = pd.to_numeric(_drawable(selected, star)[star], errors="coerce")
+        _band(ax, rows, star, None, color=color, label=label or "chosen per size")
+    values = pd.to_numeric(drawn[star], errors="coerce")
     log = bool((values > 0).all())
     if log:
         ax.set_yscale("log")
-    _finish(ax, PARAMS_LABEL, f"{symbol} chosen on validation{' (log scale)' if log else ''}",
-            f"{symbol} vs model size (per-seed choices faint)", drawn)
+    _finish(ax, PARAMS_LABEL, f"{symbol} chosen on seed-mean validation{' (log scale)' if log else ''}",
+            f"{symbol} vs model size", drawn)
     return Plot(f"{star}_vs_params", f"{symbol} vs number of parameters", fig, table)
 
 

@@ -1,4 +1,4 @@
-"""The paper's reported gains (Shin et al., arXiv 2311.17539; PAPER.md §5), as data to show beside ours.
+"""The paper's reported gains (Shin et al., arXiv 2311.17539; docs/PROTOCOL.md §5), as data to show beside ours.
 
 Gains are SAM − SGD test accuracy in percentage points, keyed by the recipe's size on its model ladder (MLP width
 multiplier k, ResNet base filters nf). The synthetic regression panel reports SGD − SAM test loss and gives only its

@@ -9,8 +9,10 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from pydantic import ValidationError
 from torch import Tensor
 
+from samscale.errors import ConfigError, format_validation_error
 from samscale.hessian.analyze import scalar_summary
 from samscale.report.analysis_figures import write_analysis_figures
 from samscale.spec.run import RunSpec
@@ -36,7 +38,11 @@ def _load_target(target: str, workdir: str | Path) -> tuple[RunSpec, dict[str, T
     state = load_checkpoint(path)
     if state is None or "spec" not in state or "model" not in state:
         raise FileNotFoundError(f"{path} is not a samscale checkpoint (no spec and model weights in it)")
-    return RunSpec.model_validate_json(state["spec"]), state["model"]
+    try:
+        return RunSpec.model_validate_json(state["spec"]), state["model"]
+    except ValidationError as err:
+        raise ConfigError(f"{path}: the run spec stored in it is not valid; "
+                          f"{format_validation_error(err, model=RunSpec)}") from None
 
 
 def analyze_target(
@@ -46,7 +52,11 @@ def analyze_target(
     spec, weights = _load_target(target, workdir)
     dataset = dataset_for(spec)
     model = build_model_for(spec, dataset)
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ConfigError(f"the weights in {target} do not fit the model of its spec ({spec.label()}): "
+                          f"{' '.join(str(err).split())[:400]}") from None
     report = analyze_model(spec, model, dataset, loss_function(dataset), what, n_examples)
     scalars = scalar_summary(report)
     out = Path(out) if out else analysis_dir(workdir, spec.run_id)

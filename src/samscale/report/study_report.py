@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import os
+import shutil
+import uuid
 from pathlib import Path
+from typing import Callable
 
 from samscale.errors import ConfigError
 from samscale.report.paper_values import paper_gains
 from samscale.report.render import write_report
 from samscale.workdir import report_dir, store_path, study_path
 from samscale.store import RunStore
-from samscale.spec.study import load_study
+from samscale.spec.study import SelectionRule, load_study
 
 
 def _provenance(frame) -> tuple[str, str | None]:
@@ -19,12 +24,34 @@ def _provenance(frame) -> tuple[str, str | None]:
     return "; ".join(sources) or "(no run finished yet)", ", ".join(substitutes) or None
 
 
-def build_study_report(workdir: str | Path, *, command: str, out: str | Path | None = None) -> Path:
-    """Write the report of the study in `workdir` to `workdir/report` (or `out`); returns the HTML page's path."""
+def _code_versions(frame) -> str:
+    """The code versions that produced the study's finished runs, with how many runs each."""
+    if frame.empty or "code_version" not in frame:
+        return "(no run finished yet)"
+    versions = frame["code_version"].dropna()
+    if versions.empty:
+        return "(not recorded)"
+    counts = versions.value_counts()
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return "; ".join(f"{version} ({n} runs)" for version, n in counts.items()) + " — runs of several code versions"
+
+
+def build_study_report(workdir: str | Path, *, command: str, out: str | Path | None = None,
+                       epoch: str | None = None) -> Path:
+    """Write the report of the study in `workdir` to `workdir/report` (or `out`); returns the HTML page's path.
+
+    `epoch` ('final' or 'best', i.e. early stopping on validation) overrides the study's selection epoch, so one
+    set of runs can be reported both with and without early stopping."""
     workdir = Path(workdir)
     if not study_path(workdir).is_file():
         raise ConfigError(f"{workdir} is not a study work directory (no study.yaml); run `samscale sweep` first")
     study = load_study(study_path(workdir))
+    if epoch is not None:
+        study = study.model_copy(update={"selection": SelectionRule.parse({**study.selection.model_dump(),
+                                                                           "epoch": epoch})})
+    if not store_path(workdir).is_file():
+        raise ConfigError(f"{workdir} has no run store ({store_path(workdir)}); run `samscale sweep` first")
     frame = RunStore(store_path(workdir)).runs_frame(study.name)
     source, substitute = _provenance(frame)
     header = {
@@ -32,6 +59,7 @@ def build_study_report(workdir: str | Path, *, command: str, out: str | Path | N
         "study": study.name,
         "budget": study.budget or "(custom)",
         "data source": source,
+        "code version": _code_versions(frame),
         "generated": dt.datetime.now().isoformat(timespec="seconds"),
     }
     notes = list(study.notes)
@@ -39,13 +67,59 @@ def build_study_report(workdir: str | Path, *, command: str, out: str | Path | N
         header["substitution"] = f"this run used a stand-in for {substitute}; see the data source above"
     if study.description:
         notes.insert(0, study.description.strip())
-    return write_report(
-        Path(out) if out else report_dir(workdir),
+    paper = paper_gains(study.paper) if study.paper else None
+    return replace_folder(Path(out) if out else report_dir(workdir), lambda folder: write_report(
+        folder,
         title=f"samscale — {study.name}",
         frame=frame,
         rule=study.selection,
         header=header,
-        paper=paper_gains(study.paper) if study.paper else None,
+        paper=paper,
         expected_seeds=study.expected_seeds(),
         notes=notes,
-    )
+    ))
+
+
+REPORT_MARKERS = ("report.html", "report.md")
+"""Files that mark a folder as a report, which a rebuild may replace."""
+
+
+def replace_folder(target: Path, write: Callable[[Path], Path]) -> Path:
+    """Have `write` fill a fresh folder beside `target`, then swap it in for `target`; returns `write`'s path moved.
+
+    Readers never see a half-written report, and writers running at once never share a folder: each writes its own
+    and the last to finish wins (old folder renamed aside, new one renamed in, old one deleted). An existing `target`
+    that does not look like a report (a non-empty folder without report.html / report.md, or a file) is refused.
+    """
+    target = Path(target)
+    if target.is_file() or (target.is_dir() and any(target.iterdir())
+                            and not any((target / name).exists() for name in REPORT_MARKERS)):
+        raise ConfigError(f"refusing to replace {target}: it exists and is not a report folder (no "
+                          f"{' or '.join(REPORT_MARKERS)}); choose another output folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    fresh = target.with_name(f".{target.name}.new-{token}")
+    fresh.mkdir()
+    try:
+        written = write(fresh)
+        for attempt in range(100):
+            aside = target.with_name(f".{target.name}.old-{token}-{attempt}")
+            try:
+                os.rename(target, aside)
+            except FileNotFoundError:
+                aside = None
+            try:
+                os.rename(fresh, target)
+                break
+            except OSError as err:  # another writer swapped its report in between: move that one aside too
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            finally:
+                if aside is not None:
+                    shutil.rmtree(aside, ignore_errors=True)
+        else:
+            raise OSError(f"could not swap the new report into {target}: other writers kept replacing it")
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    return target / written.relative_to(fresh)

@@ -1,26 +1,34 @@
 """Selection and aggregation of study results: tuned SAM vs its baseline, per model size, over seeds.
 
-Everything here is a pure function of a runs frame (one row per run, as `Store.runs_frame` produces it).
-Hyperparameters are always chosen on the validation split and the chosen runs are then reported on test, so the
-test set never influences a choice (the authors' code picked "best" accuracies on test; PAPER.md §4).
+Everything here is a pure function of a runs frame (one row per run, as `RunStore.runs_frame` produces it).
+Hyperparameters are chosen on the validation split and the chosen runs are then reported on test, so the test set
+never influences a choice (the authors' code picked "best" accuracies on test; arXiv 2311.17539, appendix code).
+
+The rule: per (group…, size) each arm's setting (the treatment's tuned values, e.g. ρ; the baseline's, if it has
+several) with the best validation score AVERAGED OVER SEEDS is chosen, and every seed is then evaluated at that
+setting. Choosing per seed instead (best of K values of ρ on that seed's own validation score) invents a gain when
+there is none, because a run's validation and test scores share that run's noise; averaging over seeds before
+choosing shrinks this bias by √(number of seeds), and `selection.null` measures what is left.
 
 Conventions:
 - Accuracies are reported in percent and gains in percentage points; losses are reported as they are.
 - Gain is positive when the treatment (SAM) is better: treatment − baseline for accuracy, baseline − treatment
   for loss.
-- Only `complete` runs are candidates. A `diverged` run is a finished run that lost: it is counted, but it can never
-  be selected. `pending`, `running` and `failed` runs are unfinished (failed runs are retried by the executors), and
-  any unfinished run of a size marks that size's summary as partial.
+- Only `complete` runs are evaluated. A setting with a `diverged` run on any seed is never chosen (it is counted).
+  `pending`, `running` and `failed` runs are unfinished (failed runs are retried by the executors): a setting's
+  mean is over its complete seeds so far, and any unfinished run of a size marks that size's summary as partial.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from samscale.errors import ConfigError
+from samscale.selection.stats import grouped_stats, t_quantile_975
 from samscale.spec.status import STORED, RunStatus
 from samscale.spec.status import UNFINISHED as _UNFINISHED
 from samscale.spec.study import ARMS, SelectionRule, star_name
@@ -30,39 +38,14 @@ DIVERGED = RunStatus.DIVERGED.value
 UNFINISHED = tuple(status.value for status in _UNFINISHED)
 STATUSES = tuple(status.value for status in STORED)
 
-# Identity sections of a RunSpec (study/spec.py): a column from one of these that varies between the treatment runs
+# Identity sections of a RunSpec (spec/run.py): a column from one of these that varies between the treatment runs
 # of one cell changes the numbers, so it has to be tuned or kept apart on purpose.
 _HYPERPARAMETER_SECTIONS = ("data.", "model.", "optim.", "schedule.", "train.", "sparsity.")
 # AnalysisSpec fields share the `analysis.` prefix with analysis results but are settings, not measurements.
 _ANALYSIS_SETTINGS = frozenset({"analysis.what", "analysis.n_examples", "analysis.top_k"})
 
-# Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30.
-_T975 = (
-    12.7062047, 4.3026527, 3.1824463, 2.7764451, 2.5705818, 2.4469119, 2.3646243, 2.3060041, 2.2621572, 2.2281389,
-    2.2009852, 2.1788128, 2.1603687, 2.1447867, 2.1314495, 2.1199053, 2.1098156, 2.1009220, 2.0930241, 2.0859634,
-    2.0796138, 2.0738731, 2.0686576, 2.0638986, 2.0595386, 2.0555294, 2.0518305, 2.0484071, 2.0452296, 2.0422725,
-)
-_Z975 = 1.959963984540054
-
-
-def t_quantile_975(df: int) -> float:
-    """Two-sided 95% Student-t quantile t_{0.975, df}: a table for df ≤ 30, Cornish–Fisher expansion beyond.
-
-    The expansion (four terms in 1/df) is within 1e-7 of the exact quantile for every df > 30.
-    """
-    if int(df) != df or df < 1:
-        raise ValueError(f"degrees of freedom must be a positive integer, got {df!r}")
-    df = int(df)
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = _Z975
-    terms = (
-        (z**3 + z) / 4,
-        (5 * z**5 + 16 * z**3 + 3 * z) / 96,
-        (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
-        (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160,
-    )
-    return z + sum(term / df ** (power + 1) for power, term in enumerate(terms))
+__all__ = ["ARMS", "COMPLETE", "DIVERGED", "STATUSES", "UNFINISHED", "SelectionRule", "analysis_columns",
+           "analysis_names", "rho_table", "select", "star_name", "summarize", "t_quantile_975"]
 
 
 def analysis_columns(frame: pd.DataFrame) -> list[str]:
@@ -72,18 +55,40 @@ def analysis_columns(frame: pd.DataFrame) -> list[str]:
         if not column.startswith("analysis.") or column in _ANALYSIS_SETTINGS:
             continue
         values = frame[column].dropna()
-        if len(values) and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values):
+        if not len(values):
+            continue
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            names.append(column)
+        elif all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values):
             names.append(column)
     return names
 
 
-def select(frame: pd.DataFrame, rule: SelectionRule) -> pd.DataFrame:
-    """Per (group…, size, seed): the baseline and treatment runs chosen on validation, their test metric and the gain.
+def analysis_names(selected: pd.DataFrame) -> list[str]:
+    """The analysis columns carried by a selected frame (`treatment_analysis.lambda_max` → `analysis.lambda_max`)."""
+    prefix = "treatment_"
+    return [c[len(prefix):] for c in selected.columns if c.startswith(prefix + "analysis.")]
 
-    Every complete run matching an arm's filter in a cell is a candidate; the best validation score wins, ties going
-    to the smaller tuned values and then the smaller run_id. Cells where an arm has no complete run get NaN values
-    but are kept, so that `summarize` can see what is missing.
+
+@dataclass(frozen=True)
+class Prepared:
+    """A runs frame reduced to the two arms, with each run's setting and each size's chosen settings.
+
+    `arms` has one row per run of either arm with `_arm`, `_cfg` (the arm's setting within its size, numbered in
+    ascending order of the setting's values), `_score` and `_metric` (scaled to % for accuracies). `means` has one
+    row per (cell…, arm, setting): the seed-averaged score, `_eligible` and `_chosen`. `picked` has the one run per
+    (cell…, seed, arm) at the chosen setting that is complete.
     """
+
+    arms: pd.DataFrame
+    means: pd.DataFrame
+    picked: pd.DataFrame
+    cell: list[str]
+    keys: list[str]
+
+
+def prepare(frame: pd.DataFrame, rule: SelectionRule) -> Prepared:
+    """Validate the frame against the rule and choose each arm's setting per (group…, size) on seed-mean validation."""
     _check_runs_frame(frame, rule)
     base_mask, treat_mask = _arm_mask(frame, rule.baseline, "baseline"), _arm_mask(frame, rule.treatment, "treatment")
     if (both := frame.loc[base_mask & treat_mask, "run_id"]).any():
@@ -91,64 +96,143 @@ def select(frame: pd.DataFrame, rule: SelectionRule) -> pd.DataFrame:
             f"runs {list(both)[:3]} match both the baseline {rule.baseline} and the treatment {rule.treatment} "
             "filters; make the filters disjoint"
         )
-    arms = pd.concat([frame[base_mask].assign(_arm="baseline"), frame[treat_mask].assign(_arm="treatment")])
-    keys = [*rule.group_by, rule.size_key, rule.seed_key]
-    _check_tuning_axes(arms[arms["_arm"] == "treatment"], rule, keys)
-    analyses = analysis_columns(frame)
-    rows = [_select_cell(dict(zip(keys, key)), cell, rule, analyses) for key, cell in _cells(arms, keys)]
-    selected = pd.DataFrame(rows, columns=_selected_columns(rule, analyses))
-    return _sort_by_size(selected, rule, extra=[rule.seed_key])
+    cell = [*rule.group_by, rule.size_key]
+    keys = [*cell, rule.seed_key]
+    arms = pd.concat([frame[base_mask].assign(_arm="baseline"), frame[treat_mask].assign(_arm="treatment")],
+                     ignore_index=True)
+    arms["_score"] = pd.to_numeric(arms[rule.score_column], errors="coerce").astype(float) * _scale(rule.select_by)
+    arms["_metric"] = pd.to_numeric(arms[rule.metric_column], errors="coerce").astype(float) * _scale(rule.metric)
+    arms["_cfg"] = _settings(arms, rule, keys)
+    means = _setting_means(arms, rule, cell)
+    chosen = means.loc[means["_chosen"], [*cell, "_arm", "_cfg"]]
+    done = arms[arms["status"] == COMPLETE]
+    picked = done.merge(chosen, on=[*cell, "_arm", "_cfg"], how="inner")
+    picked = picked.sort_values("run_id", kind="mergesort").drop_duplicates([*keys, "_arm"])
+    return Prepared(arms, means, picked, cell, keys)
 
 
-def summarize(selected: pd.DataFrame, rule: SelectionRule, expected_seeds: int | None = None) -> pd.DataFrame:
-    """Per (group…, size): gain mean, sample std and 95% CI half-width over seeds, ρ* per seed, absolute metrics.
+def select(frame: pd.DataFrame, rule: SelectionRule) -> pd.DataFrame:
+    """Per (group…, size, seed): both arms' runs at their chosen settings, their test metric and the gain.
 
-    Only seeds with both arms selected enter the statistics. A size is `partial` when it has unfinished runs or
-    fewer than `expected_seeds` paired seeds.
+    The chosen setting is the same for every seed of a size (see the module docstring). Beside it, when the rule
+    has a `default` treatment setting, `default_gain` is the gain of the untuned default on that seed (NaN where the
+    default is not in the grid; `default_in_grid` says which). Cells where an arm has no complete run at its chosen
+    setting get NaN values but are kept, so that `summarize` can see what is missing.
+    """
+    prep = prepare(frame, rule)
+    return selected_frame(prep, rule)
+
+
+def selected_frame(prep: Prepared, rule: SelectionRule) -> pd.DataFrame:
+    """`select`'s output from an already prepared frame."""
+    arms, keys, cell = prep.arms, prep.keys, prep.cell
+    analyses = analysis_columns(arms)
+    if arms.empty:
+        return pd.DataFrame(columns=_selected_columns(rule, analyses))
+    out = arms[keys].drop_duplicates().reset_index(drop=True)
+    numbers = pd.to_numeric(arms["n_params"], errors="coerce")
+    out = out.merge(numbers.groupby([arms[k] for k in keys], dropna=False).first().rename("n_params").reset_index(),
+                    on=keys, how="left")
+    per_run = {"run_id": "run_id", "_metric": rule.metric, "_score": rule.select_by,
+               "final_train_loss": "train_loss", **{c: c for c in analyses}}
+    for arm in ARMS:
+        runs = prep.picked[prep.picked["_arm"] == arm]
+        runs = runs[[*keys, *per_run]].rename(columns={k: f"{arm}_{v}" for k, v in per_run.items()})
+        out = out.merge(runs, on=keys, how="left")
+        out[f"{arm}_train_loss"] = pd.to_numeric(out[f"{arm}_train_loss"], errors="coerce").astype(float)
+    out = out.merge(_status_counts(arms, keys), on=keys, how="left")
+    out["gain"] = _gain(out[f"treatment_{rule.metric}"], out[f"baseline_{rule.metric}"], rule)
+    out = out.merge(_stars(prep, rule), on=cell, how="left")
+    out = out.merge(_default_runs(prep, rule), on=keys, how="left")
+    out["default_in_grid"] = out["default_in_grid"].astype("boolean").fillna(False).astype(bool)
+    out["default_gain"] = _gain(out[f"default_{rule.metric}"], out[f"baseline_{rule.metric}"], rule)
+    return _sort_by_size(out[_selected_columns(rule, analyses)], rule, extra=[rule.seed_key])
+
+
+def summarize(selected: pd.DataFrame, rule: SelectionRule, expected_seeds: int | None = None,
+              null: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (group…, size): gain mean, sample std and Student-t 95% CI half-width over seeds, ρ*, absolute metrics.
+
+    Only seeds with both arms selected enter the statistics. `default_gain_*` are the same statistics for the untuned
+    default setting. With `null` (from `selection.null.selection_null`), the gain expected under no effect and its
+    permutation p-value are added. A size is `partial` when it has unfinished runs or fewer than `expected_seeds`
+    paired seeds.
     """
     if expected_seeds is not None and (int(expected_seeds) != expected_seeds or expected_seeds < 1):
         raise ValueError(f"expected_seeds must be a positive integer or None, got {expected_seeds!r}")
-    missing = [c for c in _selected_columns(rule, analysis_names(selected)) if c not in selected.columns]
+    analyses = analysis_names(selected)
+    missing = [c for c in _selected_columns(rule, analyses) if c not in selected.columns]
     if missing:
         raise ConfigError(f"selected frame lacks columns {missing}; pass the output of select() with the same rule")
-    keys = [*rule.group_by, rule.size_key]
-    rows = [_summarize_size(dict(zip(keys, key)), cell, rule, expected_seeds) for key, cell in _cells(selected, keys)]
-    summary = pd.DataFrame(rows, columns=_summary_columns(rule, analysis_names(selected)))
-    return _sort_by_size(summary, rule)
+    cell = [*rule.group_by, rule.size_key]
+    columns = _summary_columns(rule, analyses, null is not None)
+    if selected.empty:
+        return pd.DataFrame(columns=columns)
+    paired = selected[selected["gain"].notna()]
+    by = [selected[c] for c in cell]
+    out = selected.groupby(by, dropna=False, sort=False).agg(
+        n_params=("n_params", "first"), n_complete=("baseline_n_complete", "size"),
+        default_in_grid=("default_in_grid", "any"),
+        **{star: (star, "first") for star in rule.stars},
+    ).drop(columns="n_complete")
+    counts = {s: sum(selected[f"{arm}_n_{s}"] for arm in ARMS) for s in ("complete", "diverged", "unfinished")}
+    out = out.join(pd.DataFrame(counts).groupby(by, dropna=False, sort=False).sum().add_prefix("n_"))
+    gain = grouped_stats(selected["gain"], by, "gain")
+    out = out.join(gain.drop(columns="gain_n")).assign(n_seeds=gain["gain_n"])
+    out = out.join(grouped_stats(selected["default_gain"], by, "default_gain").drop(columns="default_gain_n"))
+    pby = [paired[c] for c in cell]
+    lists = paired.groupby(pby, dropna=False, sort=False).agg(seeds=(rule.seed_key, list), gain_seeds=("gain", list))
+    out = out.join(lists)
+    for name in ("seeds", "gain_seeds"):
+        out[name] = [v if isinstance(v, list) else [] for v in out[name]]
+    out["gain_seeds"] = [[float(g) for g in v] for v in out["gain_seeds"]]
+    for arm in ARMS:
+        for name in [rule.metric, "train_loss", *analyses]:
+            values = pd.to_numeric(paired[f"{arm}_{name}"], errors="coerce").astype(float)
+            stats = grouped_stats(values, pby, f"{arm}_{name}")
+            out = out.join(stats[[f"{arm}_{name}_mean", f"{arm}_{name}_std"]])
+    out = out.reset_index()
+    if null is not None:
+        out = out.merge(null, on=cell, how="left")
+    out["n_seeds"] = out["n_seeds"].fillna(0).astype(int)
+    for status in ("complete", "diverged", "unfinished"):
+        out[f"n_{status}"] = out[f"n_{status}"].astype(int)
+    out["partial"] = (out["n_unfinished"] > 0) | (False if expected_seeds is None else out["n_seeds"] < expected_seeds)
+    return _sort_by_size(out[columns], rule)
 
 
-def rho_table(frame: pd.DataFrame, rule: SelectionRule) -> pd.DataFrame:
+def rho_table(frame: pd.DataFrame, rule: SelectionRule, prep: Prepared | None = None) -> pd.DataFrame:
     """Validation score of every tuned treatment setting per (group…, size), averaged over seeds, to see ρ*.
 
-    `n_chosen` counts the seeds whose selection picked that setting; diverged runs are counted, never averaged.
+    `chosen` marks the setting the rule picked and `n_chosen` counts the seeds evaluated at it; diverged runs are
+    counted, never averaged.
     """
-    selected = select(frame, rule)
-    treat = frame[_arm_mask(frame, rule.treatment, "treatment")]
-    keys = [*rule.group_by, rule.size_key, *rule.tune]
-    scale = _scale(rule.select_by)
-    chosen_ids = set(selected["treatment_run_id"].dropna())
-    rows = []
-    for key, cell in _cells(treat, keys):
-        done = cell[cell["status"] == COMPLETE]
-        scores = done[rule.score_column].astype(float).dropna() * scale
-        rows.append({
-            **dict(zip(keys, key)),
-            "n_params": _first_number(cell["n_params"]),
-            f"{rule.select_by}_mean": scores.mean() if len(scores) else math.nan,
-            f"{rule.select_by}_std": _std(scores.to_numpy()),
-            "n_seeds": int(done[rule.seed_key].nunique()),
-            "n_diverged": int((cell["status"] == DIVERGED).sum()),
-            "n_chosen": int(cell["run_id"].isin(chosen_ids).sum()),
-        })
+    prep = prep or prepare(frame, rule)
+    treat = prep.arms[prep.arms["_arm"] == "treatment"]
+    keys = [*prep.cell, *rule.tune]
     columns = [*keys, "n_params", f"{rule.select_by}_mean", f"{rule.select_by}_std", "n_seeds", "n_diverged",
-               "n_chosen"]
-    return _sort_by_size(pd.DataFrame(rows, columns=columns), rule, extra=list(rule.tune))
-
-
-def analysis_names(selected: pd.DataFrame) -> list[str]:
-    """The analysis columns carried by a selected frame (`treatment_analysis.lambda_max` → `analysis.lambda_max`)."""
-    prefix = "treatment_"
-    return [c[len(prefix):] for c in selected.columns if c.startswith(prefix + "analysis.")]
+               "n_chosen", "chosen"]
+    if treat.empty:
+        return pd.DataFrame(columns=columns)
+    by = [*prep.cell, "_cfg"]
+    done = treat[treat["status"] == COMPLETE]
+    table = treat.groupby(by, dropna=False, sort=False).agg(
+        **{c: (c, "first") for c in rule.tune},
+        n_params=("n_params", "first"),
+        n_diverged=("status", lambda s: int((s == DIVERGED).sum())),
+    )
+    stats = grouped_stats(done["_score"], [done[c] for c in by], rule.select_by)
+    table = table.join(stats[[f"{rule.select_by}_mean", f"{rule.select_by}_std"]])
+    table = table.join(done.groupby(by, dropna=False, sort=False)[rule.seed_key].nunique().rename("n_seeds"))
+    picked = prep.picked[prep.picked["_arm"] == "treatment"]
+    table = table.join(picked.groupby(by, dropna=False, sort=False).size().rename("n_chosen"))
+    means = prep.means[prep.means["_arm"] == "treatment"].set_index(by)["_chosen"].rename("chosen")
+    table = table.join(means).reset_index()
+    for column in ("n_seeds", "n_chosen"):
+        table[column] = table[column].fillna(0).astype(int)
+    table["n_params"] = pd.to_numeric(table["n_params"], errors="coerce")
+    table["chosen"] = table["chosen"].astype("boolean").fillna(False).astype(bool)
+    return _sort_by_size(table[columns], rule, extra=list(rule.tune))
 
 
 # -- selection internals -------------------------------------------------------------------------------------------
@@ -169,95 +253,136 @@ def _check_runs_frame(frame: pd.DataFrame, rule: SelectionRule) -> None:
         )
 
 
+def matches(column: pd.Series, wanted: Any) -> pd.Series:
+    """Which values of `column` equal `wanted` (or one of a list of wanted values); numbers compared with isclose."""
+    values = wanted if isinstance(wanted, (list, tuple, set)) else [wanted]
+    mask = pd.Series(False, index=column.index)
+    numbers = None
+    for value in values:
+        if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+            if numbers is None:
+                numbers = pd.to_numeric(column, errors="coerce").astype(float).to_numpy()
+            mask |= np.isclose(numbers, float(value), rtol=1e-9, atol=1e-12)
+        else:
+            mask |= (column == value).fillna(False).astype(bool)
+    return mask
+
+
 def _arm_mask(frame: pd.DataFrame, filters: dict[str, Any], arm: str) -> pd.Series:
     mask = pd.Series(True, index=frame.index)
     for column, wanted in filters.items():
         if column not in frame.columns:
             raise ConfigError(f"{arm} filter column {column!r} is not in the runs frame")
-        values = wanted if isinstance(wanted, (list, tuple, set)) else [wanted]
-        mask &= frame[column].map(lambda v, values=values: any(_same(v, w) for w in values)).astype(bool)
+        mask &= matches(frame[column], wanted)
     return mask
 
 
-def _same(value: Any, wanted: Any) -> bool:
-    numbers = (int, float, np.number)
-    if isinstance(value, numbers) and isinstance(wanted, numbers) and not isinstance(wanted, bool):
-        return bool(np.isclose(float(value), float(wanted), rtol=1e-9, atol=1e-12))
-    return value == wanted
+def _codes(column: pd.Series) -> np.ndarray:
+    """Integer codes of a column's values in ascending order of the values (NaN → -1); lists compared as text."""
+    try:
+        return pd.factorize(column, sort=True)[0]
+    except TypeError:  # unhashable (lists, dicts) or unorderable (mixed types): compare their text
+        return pd.factorize(column.map(repr), sort=True)[0]
 
 
-def _check_tuning_axes(treatment: pd.DataFrame, rule: SelectionRule, keys: list[str]) -> None:
-    """Refuse to choose between treatment runs that differ in a hyperparameter the rule neither tunes nor groups."""
+def _settings(arms: pd.DataFrame, rule: SelectionRule, keys: list[str]) -> np.ndarray:
+    """Each run's setting within its arm: the treatment's tuned values; the baseline's varying hyperparameters.
+
+    Refuses treatment runs of one (group…, size, seed) cell that differ in a hyperparameter the rule neither tunes
+    nor groups by (choosing between them would silently tune it).
+    """
     fixed = [c for c, v in rule.treatment.items() if not isinstance(v, (list, tuple, set))]
-    known = {*keys, *rule.tune, *fixed}
-    columns = [c for c in treatment.columns if c.startswith(_HYPERPARAMETER_SECTIONS) and c not in known]
-    for key, cell in _cells(treatment, keys):
-        if varying := [c for c in columns if cell[c].map(repr).nunique() > 1]:
-            raise ConfigError(
-                f"treatment runs at {dict(zip(keys, key))} differ in {varying}, which the rule neither tunes nor "
-                f"groups by; add them to tune (tune={rule.tune}) or group_by (group_by={rule.group_by})"
-            )
+    candidates = [c for c in arms.columns if c.startswith(_HYPERPARAMETER_SECTIONS) and c not in {*keys, *fixed}]
+    codes = pd.DataFrame({c: _codes(arms[c]) for c in dict.fromkeys([*candidates, *rule.tune])}, index=arms.index)
+    setting = np.zeros(len(arms), dtype=np.int64)
+    for arm in ARMS:
+        rows = (arms["_arm"] == arm).to_numpy()
+        if not rows.any():
+            continue
+        within = codes[rows].groupby([arms.loc[rows, k] for k in keys], dropna=False, sort=False).nunique()
+        varying = [c for c in candidates if (within[c] > 1).any()]
+        if arm == "treatment":
+            if untuned := [c for c in varying if c not in rule.tune]:
+                where = within.index[(within[untuned] > 1).any(axis=1)][0]
+                where = dict(zip(keys, where if isinstance(where, tuple) else (where,)))
+                raise ConfigError(
+                    f"treatment runs at {where} differ in {untuned}, which the rule neither tunes nor groups by; "
+                    f"add them to tune (tune={rule.tune}) or group_by (group_by={rule.group_by})"
+                )
+            varying = list(rule.tune)
+        if varying:
+            setting[rows] = codes.loc[rows, varying].groupby(varying, sort=True).ngroup().to_numpy()
+    return setting
 
 
-def _cells(frame: pd.DataFrame, keys: list[str]):
-    if frame.empty:
-        return []
-    return frame.groupby(keys, dropna=False, sort=False)
+def _setting_means(arms: pd.DataFrame, rule: SelectionRule, cell: list[str]) -> pd.DataFrame:
+    """Per (cell…, arm, setting): seed-mean score over complete runs, whether it may be chosen, and the choice."""
+    by = [*cell, "_arm", "_cfg"]
+    usable = arms["_score"].where(arms["status"] == COMPLETE)
+    table = pd.DataFrame({
+        "_mean": usable.groupby([arms[c] for c in by], dropna=False, sort=False).mean(),
+        "_n": usable.groupby([arms[c] for c in by], dropna=False, sort=False).count(),
+        "_diverged": (arms["status"] == DIVERGED).groupby([arms[c] for c in by], dropna=False, sort=False).sum(),
+    }).reset_index()
+    table["_eligible"] = (table["_n"] > 0) & (table["_diverged"] == 0)
+    order = table[table["_eligible"]].sort_values(["_mean", "_cfg"], ascending=[not rule.maximize, True],
+                                                  kind="mergesort")
+    best = order.drop_duplicates([*cell, "_arm"]).index
+    table["_chosen"] = table.index.isin(best)
+    return table
 
 
-def _best(candidates: pd.DataFrame, rule: SelectionRule) -> pd.Series | None:
-    """The complete run with the best validation score; diverged and NaN-scored runs are never chosen."""
-    usable = candidates[(candidates["status"] == COMPLETE) & candidates[rule.score_column].notna()]
-    if usable.empty:
-        return None
-    order = [rule.score_column, *rule.tune, "run_id"]
-    ascending = [not rule.maximize, *([True] * len(rule.tune)), True]
-    return usable.sort_values(order, ascending=ascending, kind="mergesort").iloc[0]
+def _status_counts(arms: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    flags = pd.DataFrame({"complete": arms["status"] == COMPLETE, "diverged": arms["status"] == DIVERGED,
+                          "unfinished": arms["status"].isin(UNFINISHED)})
+    counts = flags.groupby([*(arms[k] for k in keys), arms["_arm"]], dropna=False, sort=False).sum().astype(int)
+    counts = counts.unstack("_arm", fill_value=0)
+    counts = counts.reindex(columns=pd.MultiIndex.from_product([flags.columns, ARMS]), fill_value=0)
+    counts.columns = [f"{arm}_n_{status}" for status, arm in counts.columns]
+    return counts.reset_index()
 
 
-def _select_cell(row: dict[str, Any], cell: pd.DataFrame, rule: SelectionRule, analyses: list[str]) -> dict:
-    chosen = {arm: _best(cell[cell["_arm"] == arm], rule) for arm in ARMS}
-    metric_scale, score_scale = _scale(rule.metric), _scale(rule.select_by)
-    for arm, run in chosen.items():
-        runs = cell[cell["_arm"] == arm]
-        row[f"{arm}_run_id"] = None if run is None else run["run_id"]
-        row[f"{arm}_{rule.metric}"] = _value(run, rule.metric_column) * metric_scale
-        row[f"{arm}_{rule.select_by}"] = _value(run, rule.score_column) * score_scale
-        row[f"{arm}_train_loss"] = _value(run, "final_train_loss")
-        for column in analyses:
-            row[f"{arm}_{column}"] = _value(run, column)
-        row[f"{arm}_n_complete"] = int((runs["status"] == COMPLETE).sum())
-        row[f"{arm}_n_diverged"] = int((runs["status"] == DIVERGED).sum())
-        row[f"{arm}_n_unfinished"] = int(runs["status"].isin(UNFINISHED).sum())
-    base, treat = row[f"baseline_{rule.metric}"], row[f"treatment_{rule.metric}"]
-    row["gain"] = treat - base if rule.metric.endswith("acc") else base - treat
-    for column, star in zip(rule.tune, rule.stars):
-        row[star] = None if chosen["treatment"] is None else chosen["treatment"][column]
-    picked = [run for run in (chosen["treatment"], chosen["baseline"]) if run is not None]
-    row["n_params"] = _first_number(pd.Series([run["n_params"] for run in picked] + list(cell["n_params"])))
-    return row
+def _stars(prep: Prepared, rule: SelectionRule) -> pd.DataFrame:
+    """The chosen value of each tuned column per (group…, size)."""
+    chosen = prep.means.loc[prep.means["_chosen"] & (prep.means["_arm"] == "treatment"), [*prep.cell, "_cfg"]]
+    treat = prep.arms[prep.arms["_arm"] == "treatment"]
+    values = treat.drop_duplicates([*prep.cell, "_cfg"])[[*prep.cell, "_cfg", *rule.tune]]
+    stars = chosen.merge(values, on=[*prep.cell, "_cfg"], how="left").drop(columns="_cfg")
+    return stars.rename(columns=dict(zip(rule.tune, rule.stars)))
 
 
-def _value(run: pd.Series | None, column: str) -> float:
-    if run is None or run[column] is None:
-        return math.nan
-    return float(run[column])
+def _default_runs(prep: Prepared, rule: SelectionRule) -> pd.DataFrame:
+    """Per (group…, size, seed): the complete treatment run at the rule's default setting, if the grid has it."""
+    columns = [*prep.keys, "default_run_id", f"default_{rule.metric}", "default_in_grid"]
+    treat = prep.arms[prep.arms["_arm"] == "treatment"]
+    if not rule.default or treat.empty:
+        return pd.DataFrame(columns=columns)
+    mask = pd.Series(True, index=treat.index)
+    for column, value in rule.default.items():
+        mask &= matches(treat[column], value)
+    in_grid = treat.loc[mask, prep.cell].drop_duplicates().assign(default_in_grid=True)
+    runs = treat[mask & (treat["status"] == COMPLETE)].sort_values("run_id", kind="mergesort")
+    runs = runs.drop_duplicates(prep.keys)[[*prep.keys, "run_id", "_metric"]]
+    runs = runs.rename(columns={"run_id": "default_run_id", "_metric": f"default_{rule.metric}"})
+    cells = treat[prep.keys].drop_duplicates().merge(in_grid, on=prep.cell, how="inner")
+    return cells.merge(runs, on=prep.keys, how="left")[columns]
+
+
+def _gain(treatment: pd.Series, baseline: pd.Series, rule: SelectionRule) -> pd.Series:
+    treatment, baseline = (pd.to_numeric(s, errors="coerce").astype(float) for s in (treatment, baseline))
+    return treatment - baseline if rule.metric.endswith("acc") else baseline - treatment
 
 
 def _scale(metric: str) -> float:
     return 100.0 if metric.endswith("acc") else 1.0
 
 
-def _first_number(values: pd.Series) -> float:
-    numbers = pd.to_numeric(values, errors="coerce").dropna()
-    return float(numbers.iloc[0]) if len(numbers) else math.nan
-
-
 def _selected_columns(rule: SelectionRule, analyses: list[str]) -> list[str]:
     per_arm = ["run_id", rule.metric, rule.select_by, "train_loss", *analyses, "n_complete", "n_diverged",
                "n_unfinished"]
     return [*rule.group_by, rule.size_key, rule.seed_key, "n_params", *rule.stars, "gain",
-            *[f"{arm}_{name}" for arm in ARMS for name in per_arm]]
+            *[f"{arm}_{name}" for arm in ARMS for name in per_arm],
+            "default_in_grid", "default_run_id", f"default_{rule.metric}", "default_gain"]
 
 
 def _sort_by_size(frame: pd.DataFrame, rule: SelectionRule, extra: list[str] = ()) -> pd.DataFrame:
@@ -268,46 +393,10 @@ def _sort_by_size(frame: pd.DataFrame, rule: SelectionRule, extra: list[str] = (
 
 
 # -- summary internals ---------------------------------------------------------------------------------------------
-def _std(values: np.ndarray) -> float:
-    """Sample standard deviation (ddof=1); 0 for one value, NaN for none."""
-    if len(values) == 0:
-        return math.nan
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def _summarize_size(row: dict[str, Any], cell: pd.DataFrame, rule: SelectionRule, expected: int | None) -> dict:
-    paired = cell[cell["gain"].notna()]
-    gains = paired["gain"].to_numpy(dtype=float)
-    n = len(gains)
-    std = _std(gains)
-    row.update(
-        n_params=_first_number(cell["n_params"]),
-        n_seeds=n,
-        seeds=paired[rule.seed_key].tolist(),
-        gain_mean=float(gains.mean()) if n else math.nan,
-        gain_std=std,
-        gain_ci95=t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan,
-        gain_seeds=[float(g) for g in gains],
-    )
-    for star in rule.stars:
-        values = paired[star].tolist()
-        numeric = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").dropna()
-        row[f"{star}_median"] = float(numeric.median()) if len(numeric) == len(values) and n else math.nan
-        row[f"{star}_seeds"] = values
-    for arm in ARMS:
-        for name in [rule.metric, "train_loss", *analysis_names(cell)]:
-            values = paired[f"{arm}_{name}"].to_numpy(dtype=float)
-            row[f"{arm}_{name}_mean"] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-            row[f"{arm}_{name}_std"] = _std(values[np.isfinite(values)])
-    for status in ("complete", "diverged", "unfinished"):
-        row[f"n_{status}"] = int(sum(cell[f"{arm}_n_{status}"].sum() for arm in ARMS))
-    row["partial"] = bool(row["n_unfinished"] > 0 or (expected is not None and n < expected))
-    return row
-
-
-def _summary_columns(rule: SelectionRule, analyses: list[str]) -> list[str]:
-    stars = [f"{star}_{part}" for star in rule.stars for part in ("median", "seeds")]
+def _summary_columns(rule: SelectionRule, analyses: list[str], with_null: bool = False) -> list[str]:
     per_arm = [f"{arm}_{name}_{stat}" for arm in ARMS for name in [rule.metric, "train_loss", *analyses]
                for stat in ("mean", "std")]
+    null = ["null_gain_mean", "null_p_value", "null_n_seeds", "null_n_settings"] if with_null else []
     return [*rule.group_by, rule.size_key, "n_params", "n_seeds", "seeds", "gain_mean", "gain_std", "gain_ci95",
-            "gain_seeds", *stars, *per_arm, "n_complete", "n_diverged", "n_unfinished", "partial"]
+            "gain_seeds", *rule.stars, "default_in_grid", "default_gain_mean", "default_gain_std",
+            "default_gain_ci95", *null, *per_arm, "n_complete", "n_diverged", "n_unfinished", "partial"]

@@ -17,9 +17,13 @@ DATASET_NAMES: tuple[str, ...] = (
     "teacher-student",
     "least-squares",
     "sine-1d",
+    "molecules",
+    "solubility",
+    "sst2",
+    "sst2-standin",
 )
 
-FAMILY_NAMES: tuple[str, ...] = ("mlp", "resnet18", "resnet", "resnet50", "vit", "two_layer")
+FAMILY_NAMES: tuple[str, ...] = ("mlp", "resnet18", "resnet", "resnet50", "vit", "two_layer", "gcn", "dqn", "lstm")
 
 ANALYSIS_NAMES: tuple[str, ...] = (
     "lambda_max",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -19,12 +21,27 @@ from samscale.spec.catalog import ANALYSIS_NAMES, DATASET_NAMES, FAMILY_NAMES
 
 OPTIMIZERS = ("sgd", "sam", "usam", "asam")
 BASE_OPTIMIZERS = ("sgd", "adam", "adamw")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 
 
 class _Section(BaseModel):
-    """Strict config section: unknown keys are errors, assignments are validated."""
+    """Strict config section: unknown keys, NaN and ±inf are errors; assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _at_least_one(value: int | None) -> int | None:
+    """Counts (epochs, batch sizes, threads, examples) must be >= 1; None keeps its field's meaning of 'default'."""
+    if value is not None and value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+    return value
+
+
+def _in_unit_interval(value: float) -> float:
+    """Rates such as momentum and Adam's betas lie in [0, 1)."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"must be in [0, 1), got {value}")
+    return value
 
 
 class DataSpec(_Section):
@@ -53,6 +70,18 @@ class DataSpec(_Section):
             raise ValueError(f"label_noise must be in [0, 1), got {rate}")
         return rate
 
+    @field_validator("val_size")
+    @classmethod
+    def _validation_size(cls, size: float | int) -> float | int:
+        if isinstance(size, float) and not 0.0 <= size < 1.0:
+            raise ValueError(f"val_size as a float is a fraction of the training set in [0, 1), got {size}; "
+                             "give a count as an int")
+        if size < 0:
+            raise ValueError(f"val_size must be a count >= 0 or a fraction in [0, 1), got {size}")
+        return size
+
+    _train_subset = field_validator("train_subset")(_at_least_one)
+
 
 class ModelSpec(_Section):
     """A model family and its size on the family's ladder (MLP multiplier k, ResNet filters, ViT name, width)."""
@@ -68,9 +97,21 @@ class ModelSpec(_Section):
             raise ValueError(f"unknown model family {family!r}; valid: {', '.join(sorted(FAMILY_NAMES))}")
         return family
 
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, size: Any) -> Any:
+        """A numeric size must be a finite number > 0 (its family checks the rest when the model is built)."""
+        if isinstance(size, bool) or not isinstance(size, (int, float, str)):
+            raise ValueError(f"size must be a number > 0 or a family's size name, got {size!r}")
+        if isinstance(size, (int, float)) and not (math.isfinite(size) and size > 0):
+            raise ValueError(f"size must be a finite number > 0, got {size}")
+        if isinstance(size, str) and not size.strip():
+            raise ValueError("size must not be empty")
+        return size
+
 
 class OptimSpec(_Section):
-    """Optimizer: SGD baseline or a SAM variant wrapped around a base optimizer (PAPER.md §2 semantics)."""
+    """Optimizer: SGD baseline or a SAM variant wrapped around a base optimizer (docs/PROTOCOL.md §2 semantics)."""
 
     name: Literal["sgd", "sam", "usam", "asam"] = "sgd"
     base: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -82,6 +123,9 @@ class OptimSpec(_Section):
     rho: float = 0.05
     m: int | None = None
     asam_eta: float = 0.0
+    # With runtime.nproc > 1: "global" averages the clean gradients of all processes before the ascent (SAM on the
+    # global batch); "per_device" perturbs each process with its own gradient (m-sharpness, m = per-process batch).
+    sam_mode: Literal["global", "per_device"] = "global"
 
     @field_validator("lr")
     @classmethod
@@ -90,12 +134,21 @@ class OptimSpec(_Section):
             raise ValueError(f"lr must be > 0, got {lr}")
         return lr
 
-    @field_validator("rho", "weight_decay", "momentum", "asam_eta")
+    @field_validator("rho", "weight_decay", "asam_eta")
     @classmethod
     def _non_negative(cls, value: float) -> float:
         if value < 0:
             raise ValueError(f"must be >= 0, got {value}")
         return value
+
+    _momentum = field_validator("momentum")(_in_unit_interval)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"betas must both be in [0, 1), got {list(betas)}")
+        return betas
 
     @field_validator("m")
     @classmethod
@@ -125,6 +178,20 @@ class ScheduleSpec(_Section):
             raise ValueError(f"milestones must be increasing fractions of training in (0, 1), got {milestones}")
         return milestones
 
+    @field_validator("gamma")
+    @classmethod
+    def _positive_gamma(cls, gamma: float) -> float:
+        if gamma <= 0:
+            raise ValueError(f"gamma (the lr factor at each milestone) must be > 0, got {gamma}")
+        return gamma
+
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup(cls, epochs: float) -> float:
+        if epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {epochs}")
+        return epochs
+
 
 class TrainSpec(_Section):
     """Training length, batch size and the seed of everything random in the run (init, order, augmentation)."""
@@ -133,12 +200,7 @@ class TrainSpec(_Section):
     batch_size: int = 128
     seed: int = 0
 
-    @field_validator("epochs", "batch_size")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be >= 1, got {value}")
-        return value
+    _positive = field_validator("epochs", "batch_size")(_at_least_one)
 
 
 class SparsitySpec(_Section):
@@ -171,6 +233,53 @@ class AnalysisSpec(_Section):
             raise ValueError(f"unknown analyses {unknown}; valid: {', '.join(ANALYSIS_NAMES)}")
         return what
 
+    _positive = field_validator("n_examples", "top_k")(_at_least_one)
+
+
+MINATAR_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
+
+
+class RLSpec(_Section):
+    """A reinforcement-learning run (DQN on a MinAtar game) instead of supervised training; off while `env` is None.
+
+    One "epoch" is `steps_per_epoch` environment steps followed by `eval_episodes` evaluation episodes; `train.epochs`
+    counts them and `train.batch_size` is the replay minibatch. ε decays linearly from `eps_start` to `eps_end` over
+    `eps_decay_steps` steps. The environment's random streams derive from `train.seed` and `env_seed`.
+    """
+
+    env: Literal["asterix", "breakout", "freeway", "seaquest", "space_invaders"] | None = None
+    steps_per_epoch: int = 10_000
+    buffer_size: int = 100_000
+    learning_starts: int = 5_000
+    train_every: int = 1
+    target_update: int = 1_000
+    gamma: float = 0.99
+    eps_start: float = 1.0
+    eps_end: float = 0.1
+    eps_decay_steps: int = 100_000
+    eval_episodes: int = 10
+    eval_epsilon: float = 0.05
+    eval_max_steps: int = 10_000
+    sticky_action_prob: float = 0.1
+    env_seed: int = 0
+
+    _positive = field_validator("steps_per_epoch", "buffer_size", "train_every", "target_update", "eps_decay_steps",
+                                "eval_episodes", "eval_max_steps")(_at_least_one)
+
+    @field_validator("gamma", "eps_start", "eps_end", "eval_epsilon", "sticky_action_prob")
+    @classmethod
+    def _probability(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"must be in [0, 1], got {value}")
+        return value
+
+    @field_validator("learning_starts", "env_seed")
+    @classmethod
+    def _non_negative_count(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {value}")
+        return value
+
 
 class RuntimeSpec(_Section):
     """Where and how fast to run; never changes the run's identity."""
@@ -183,6 +292,16 @@ class RuntimeSpec(_Section):
     eval_batch_size: int = 1000
     train_eval_size: int = 10000  # final train loss/accuracy is measured on this many training examples
     keep_optimizer_state: bool = False  # finished runs keep only their weights unless this is set
+    nproc: int = 1  # data-parallel processes for one run (torch.distributed); > 1 enters the run's identity
+
+    _positive = field_validator("threads", "eval_batch_size", "train_eval_size", "nproc")(_at_least_one)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(device):
+            raise ValueError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps, xpu, xpu:N")
+        return device
 
 
 class RunSpec(_Section):
@@ -196,6 +315,7 @@ class RunSpec(_Section):
     train: TrainSpec = TrainSpec()
     sparsity: SparsitySpec = SparsitySpec()
     analysis: AnalysisSpec = AnalysisSpec()
+    rl: RLSpec = RLSpec()
     runtime: RuntimeSpec = RuntimeSpec()
 
     IDENTITY: ClassVar[tuple[str, ...]] = ("data", "model", "optim", "schedule", "train", "sparsity")
@@ -214,6 +334,13 @@ class RunSpec(_Section):
             optim.update(momentum=None, nesterov=None)
         if ident["schedule"]["kind"] != "step":
             ident["schedule"].update(milestones=None, gamma=None)
+        # Several processes change the numbers (BatchNorm normalizes per process; per-device SAM perturbs per
+        # process), one does not: only then do the process count and SAM mode enter, so one-process ids never move.
+        sam_mode = optim.pop("sam_mode")
+        if self.runtime.nproc > 1:
+            ident["processes"] = {"nproc": self.runtime.nproc, "sam_mode": sam_mode if self.optim.is_sam else None}
+        if self.rl.env is not None:  # supervised runs keep their ids: the rl section enters only when it is used
+            ident["rl"] = self.rl.model_dump(mode="json")
         return ident
 
     @property
@@ -255,23 +382,55 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def check_field(dotted: str) -> None:
+    """Raise ConfigError unless `dotted` names a field of RunSpec that a study may set (`optim.rho`, `data.options.x`).
+
+    The message names the unknown part and lists the valid fields of its section, so `optim.rhoo` reads
+    "unknown field optim.rhoo; valid fields of optim: name, base, lr, ...".
+    """
+    section: type[BaseModel] = RunSpec
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        fields = section.model_fields
+        if part not in fields:
+            owner = ".".join(parts[:depth]) or "RunSpec"
+            raise ConfigError(f"unknown field {dotted}; valid fields of {owner}: {', '.join(fields)}")
+        annotation = fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            section = annotation
+        elif part == "options" or depth == len(parts) - 1:
+            return  # free-form options accept any key; a leaf ends the name
+        else:
+            raise ConfigError(f"unknown field {dotted}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse one `--set key=value` override; the value is read as YAML (numbers, lists, null, strings)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key=value (e.g. optim.rho=0.1)")
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
 
 
 def build_spec(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), where: str = "") -> RunSpec:
     """Validate a RunSpec from a dict plus `key=value` overrides; errors name the field, value and valid choices."""
-    tree = json.loads(json.dumps(data or {}))
+    if not isinstance(data or {}, dict):
+        raise ConfigError(f"{where or 'run spec'}: expected a mapping of sections (data, model, optim, ...), "
+                          f"got {type(data).__name__}")
+    try:
+        tree = json.loads(json.dumps(data or {}))
+    except TypeError as err:
+        raise ConfigError(f"{where or 'run spec'}: only plain values (numbers, strings, lists, mappings) are "
+                          f"allowed ({err})") from None
     for text in overrides:
         set_dotted(tree, *parse_override(text))
     try:
         return RunSpec.model_validate(tree)
     except ValidationError as err:
-        message = format_validation_error(err)
+        message = format_validation_error(err, model=RunSpec)
         raise ConfigError(f"{where}: {message}" if where else message) from None
 
 
@@ -280,10 +439,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    content = yaml.safe_load(path.read_text()) or {}
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"cannot read {path} as a YAML text file ({err})") from None
     if not isinstance(content, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(content).__name__}")
     return content
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line on what is wrong in a YAML text and where (line and column, counted from 1)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunSpec:

@@ -23,19 +23,37 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from samscale.errors import ConfigError, format_validation_error
-from samscale.spec.run import RunSpec, build_spec, flatten, load_yaml, set_dotted
+from samscale.spec.run import RunSpec, build_spec, check_field, flatten, load_yaml, set_dotted
 
 
 ARMS = ("baseline", "treatment")
 
 
+def _checked_grid(grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Grid axes must be fields of RunSpec (dotted) with a non-empty list of values each."""
+    for axis, values in grid.items():
+        check_field(axis)
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"grid axis {axis!r} needs a non-empty list of values, got {values!r}")
+    return grid
+
+
+def _checked_set(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a `set:` mapping must be fields of RunSpec (dotted)."""
+    for key in overrides:
+        check_field(key)
+    return overrides
+
+
 class SelectionRule(BaseModel):
     """How to compare a tuned treatment (SAM) with its baseline (SGD) per model size and seed.
 
-    `baseline` / `treatment` map runs-frame columns to a value (or a list of accepted values). Within each
-    (group_by…, size_key, seed_key) cell the best run of each arm on `select_by` is chosen; `tune` names the
-    treatment hyperparameters that may differ inside a cell and are reported as chosen (`optim.rho` → `rho_star`).
-    `epoch` says whether metrics come from the final epoch or the best-validation epoch (early stopping).
+    `baseline` / `treatment` map runs-frame columns to a value (or a list of accepted values). Per (group_by…,
+    size_key) the setting of each arm with the best SEED-AVERAGED `select_by` score is chosen and every seed is
+    evaluated at it; `tune` names the treatment hyperparameters that may differ between a size's runs and are
+    reported as chosen (`optim.rho` → `rho_star`). `default` is an untuned treatment setting reported beside the
+    tuned one (when omitted and ρ is tuned: ρ = 0.05, the usual SAM default). `epoch` says whether metrics come
+    from the final epoch or the best-validation epoch (early stopping).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -49,6 +67,14 @@ class SelectionRule(BaseModel):
     epoch: Literal["final", "best"] = "final"
     group_by: list[str] = []
     seed_key: str = "train.seed"
+    default: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_rho(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "default" not in data and "optim.rho" in data.get("tune", ["optim.rho"]):
+            return {**data, "default": {"optim.rho": 0.05}}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "SelectionRule":
@@ -63,6 +89,9 @@ class SelectionRule(BaseModel):
         stars = [star_name(column) for column in self.tune]
         if len(set(stars)) != len(stars):
             raise ValueError(f"tune columns {self.tune} end in the same name; their chosen values would collide")
+        if untuned := sorted(set(self.default) - set(self.tune)):
+            raise ValueError(f"default names {untuned}, which are not tuned; default may only set tune columns "
+                             f"({self.tune})")
         return self
 
     @classmethod
@@ -107,16 +136,37 @@ class Arm(BaseModel):
     set: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
 
+    _set = field_validator("set")(_checked_set)
+    _grid = field_validator("grid")(_checked_grid)
+
+
+def _checked_arms(arms: list[Arm]) -> list[Arm]:
+    """A study compares at least one arm, and arms are told apart by name."""
+    if not arms:
+        raise ValueError("a study needs at least one arm, e.g. [{name: default}]")
+    names = [arm.name for arm in arms]
+    if duplicates := sorted({name for name in names if names.count(name) > 1}):
+        raise ValueError(f"arm names must be distinct, got {duplicates} more than once")
+    return arms
+
 
 class Budget(BaseModel):
     """How a recipe shrinks or grows: base overrides, replaced grid axes, optionally replaced arms."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     description: str = ""
     set: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
     arms: list[Arm] | None = None
     expected_minutes: float | None = None
+
+    _set = field_validator("set")(_checked_set)
+    _grid = field_validator("grid")(_checked_grid)
+
+    @field_validator("arms")
+    @classmethod
+    def _some_arms(cls, arms: list[Arm] | None) -> list[Arm] | None:
+        return arms if arms is None else _checked_arms(arms)
 
 
 class Study(BaseModel):
@@ -134,13 +184,23 @@ class Study(BaseModel):
     budgets: dict[str, Budget] = {}
     budget: str | None = None
 
-    @field_validator("grid")
+    _grid = field_validator("grid")(_checked_grid)
+    _arms = field_validator("arms")(_checked_arms)
+
+    @field_validator("base")
     @classmethod
-    def _non_empty_axes(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for axis, values in grid.items():
-            if not isinstance(values, list) or not values:
-                raise ValueError(f"grid axis {axis!r} needs a non-empty list of values, got {values!r}")
-        return grid
+    def _known_base_fields(cls, base: dict[str, Any]) -> dict[str, Any]:
+        for key in flatten(base):
+            check_field(key)
+        return base
+
+    @field_validator("selection")
+    @classmethod
+    def _known_selection_columns(cls, rule: SelectionRule) -> SelectionRule:
+        """The columns a study's runs are grouped, filtered and tuned by are fields of its RunSpecs."""
+        for column in [rule.size_key, rule.seed_key, *rule.tune, *rule.group_by, *rule.baseline, *rule.treatment]:
+            check_field(column)
+        return rule
 
     def with_budget(self, budget: str) -> "Study":
         """This study shrunk or grown to a named budget (its `set`, `grid` and `arms` applied)."""
@@ -185,8 +245,10 @@ def load_study(path: str | Path, budget: str | None = None) -> Study:
     try:
         study = Study.model_validate(load_yaml(path))
     except ValidationError as err:
-        raise ConfigError(f"{path}: {format_validation_error(err)}") from None
-    return study.with_budget(budget) if budget else study
+        raise ConfigError(f"{path}: {format_validation_error(err, model=Study)}") from None
+    study = study.with_budget(budget) if budget else study
+    study.expand()  # every run of the study must be a valid RunSpec: fail now, before anything is written
+    return study
 
 
 def runs_axes(specs: list[RunSpec]) -> list[str]:

@@ -6,6 +6,7 @@ selection, reports) reads the store only.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -96,6 +97,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _refuse_foreign(db: sqlite3.Connection) -> None:
+    """Raise DatabaseError if `db` is not a (possibly new, empty) samscale store, so another program's file stays as
+    it is; reading the schema also fails on a file that is not SQLite at all."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return
+    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    if not {"run_id", "spec", "status", "final"} <= columns:
+        raise sqlite3.DatabaseError(f"it holds the tables {', '.join(sorted(tables))} but not samscale's runs table")
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(_plain(value), allow_nan=False)
 
@@ -105,11 +117,12 @@ class RunStore:
 
     def __init__(self, path: str | Path, *, stale_after_s: float = 600.0):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stale_after_s = stale_after_s
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=60.0)
             try:
+                _refuse_foreign(db)  # before anything is written to it
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
                 columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
@@ -119,6 +132,9 @@ class RunStore:
                 db.close()
         except sqlite3.DatabaseError as err:
             raise ConfigError(f"{self.path} is not a samscale run store ({err}); move it aside or pass another "
+                              "--workdir") from None
+        except OSError as err:
+            raise ConfigError(f"cannot open the run store {self.path} ({err.strerror or err}); pass another "
                               "--workdir") from None
 
     @contextmanager
@@ -236,6 +252,9 @@ class RunStore:
         try:
             db.execute("PRAGMA busy_timeout=60000")
             return db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as err:
+            raise ConfigError(f"cannot read the run store {self.path} ({err}); it may be damaged: move it aside "
+                              "or pass another --workdir") from None
         finally:
             db.close()
 
@@ -275,29 +294,53 @@ class RunStore:
         return [r["study"] for r in self._rows("SELECT DISTINCT study FROM study_runs ORDER BY study")]
 
     def runs_frame(self, study: str | None = None) -> pd.DataFrame:
-        """One row per run: run_id, status, flattened spec fields (dotted), n_params, final metrics, analyses."""
+        """One row per run: run_id, status, flattened spec fields (dotted), n_params, final metrics, analyses.
+
+        Specs are read with json.loads + flatten (they were written by `RunSpec.model_dump_json`, so they already
+        hold every field); only a spec whose fields differ from the current RunSpec's (an older store) is validated
+        with pydantic, which fills the fields it lacks with their defaults.
+        """
         if study is None:
             rows = self._rows("SELECT * FROM runs ORDER BY created")
+            analysis_rows = self._rows("SELECT run_id, name, value FROM analysis")
         else:
             rows = self._rows(
                 "SELECT runs.* FROM runs JOIN study_runs USING (run_id) WHERE study = ? ORDER BY created", (study,)
             )
+            analysis_rows = self._rows("SELECT analysis.run_id, name, value FROM analysis JOIN study_runs "
+                                       "USING (run_id) WHERE study = ?", (study,))
         analyses: dict[str, dict[str, Any]] = {}
-        for r in self._rows("SELECT run_id, name, value FROM analysis"):
+        for r in analysis_rows:
             analyses.setdefault(r["run_id"], {})[f"analysis.{r['name']}"] = json.loads(r["value"])
+        fields = _spec_fields()
         records = []
         for r in rows:
-            spec = RunSpec.model_validate_json(r["spec"])
-            record: dict[str, Any] = {"run_id": r["run_id"], "status": r["status"], "label": spec.label()}
-            record.update(flatten(spec.model_dump(mode="json")))
-            record.update(n_params=r["n_params"], epochs=spec.train.epochs, epochs_done=r["epochs_done"],
+            flat = flatten(json.loads(r["spec"]))
+            if flat.keys() != fields:
+                flat = flatten(RunSpec.model_validate_json(r["spec"]).model_dump(mode="json"))
+            record: dict[str, Any] = {"run_id": r["run_id"], "status": r["status"], "label": _label(flat)}
+            record.update(flat)
+            record.update(n_params=r["n_params"], epochs=flat["train.epochs"], epochs_done=r["epochs_done"],
                           attempts=r["attempts"], code_version=r["code_version"])
             record.update(json.loads(r["final"]) if r["final"] else {})
             record["error"] = r["error"]
             record.update(analyses.get(r["run_id"], {}))
             records.append(record)
-        frame = pd.DataFrame(records)
+        frame = pd.DataFrame.from_records(records)
         for column in [f"{kind}_{m}" for kind in ("final", "best") for m in METRICS]:
             if column not in frame and not frame.empty:
                 frame[column] = float("nan")
         return frame
+
+
+@functools.lru_cache(maxsize=1)
+def _spec_fields() -> frozenset[str]:
+    """The dotted field names of a current RunSpec (what a spec read from the store must have to skip validation)."""
+    return frozenset(RunSpec().flat())
+
+
+def _label(flat: dict[str, Any]) -> str:
+    """`RunSpec.label()` from a flattened spec, without building the RunSpec."""
+    name, rho = flat["optim.name"], flat["optim.rho"]
+    opt = name if name == "sgd" else f"{name}(rho={rho:g})"
+    return f"{flat['model.family']}[{flat['model.size']}] {opt} seed={flat['train.seed']}"

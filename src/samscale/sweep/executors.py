@@ -6,34 +6,20 @@ only train (and checkpoint), and the driver claims, beats the heartbeat and repl
 """
 from __future__ import annotations
 
-import ctypes
 import multiprocessing as mp
 import os
-import signal
-import sys
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from samscale.spec.run import RunSpec
 from samscale.spec.status import FINISHED, RunStatus
 from samscale.store import RunStore
-from samscale.sweep.recorder import Heartbeat, StoreRecorder
+from samscale.sweep.recorder import Heartbeat, RunOutcome, StoreRecorder  # RunOutcome: re-exported
+from samscale.sweep.lifeline import worker_init
 from samscale.train.events import EventHandler, RunEvent
 from samscale.train.loop import train_run
-
-
-@dataclass
-class RunOutcome:
-    """How one run of a sweep ended: complete, diverged, failed, or busy (held by another live sweep)."""
-
-    run_id: str
-    label: str
-    status: str
-    error: str | None = None
-    final: dict | None = None
 
 
 def execute_run(spec_json: str, store_path: str, workdir: str, threads: int | None,
@@ -66,28 +52,6 @@ def execute_run(spec_json: str, store_path: str, workdir: str, threads: int | No
     return RunOutcome(spec.run_id, spec.label(), str(result.status), final=result.final)
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Worker initializer: on Linux, have the kernel kill this worker when the sweep process dies.
-
-    The parent-death signal only covers deaths after it is set, so a worker whose sweep died while it was starting
-    (its parent is then no longer `parent_pid`) exits at once instead of living on as an orphan.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def _worker_init(threads: int, parent_pid: int) -> None:
-    _die_with_parent(parent_pid)
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def default_pool_shape(cpus: int | None = None, small_models: bool = True) -> tuple[int, int]:
     """(workers, threads per worker) for this machine: one thread per worker for small models, else one worker."""
     if cpus is None:
@@ -118,7 +82,7 @@ class LocalPoolExecutor:
     def run(self, specs: list[RunSpec], store_path: str, workdir: str) -> Iterator[RunOutcome]:
         context = mp.get_context("spawn")
         with ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_worker_init, initargs=(self.threads, os.getpid())
+            self.workers, mp_context=context, initializer=worker_init, initargs=(self.threads, os.getpid())
         ) as pool:
             pending: set[Future] = {
                 pool.submit(execute_run, spec.model_dump_json(), store_path, workdir, self.threads) for spec in specs
@@ -186,7 +150,15 @@ def _ray_train(spec_json: str, workdir: str, threads: int) -> tuple[list[RunEven
 
 def make_executor(kind: str, *, workers: int | None = None, threads: int | None = None,
                   address: str | None = None, gpus_per_run: float = 0.0):
-    """Executor by name: 'serial', 'local' (process pool sized to the machine by default) or 'ray'."""
+    """Executor by name: 'serial', 'local' (process pool sized to the machine by default), 'ray', or 'ensemble'
+    (compatible runs packed and trained as batched models by a pool of `workers` processes, one pack each; runs
+    that cannot be packed go to a local pool)."""
+    if kind == "ensemble":
+        from samscale.sweep.ensemble import EnsembleExecutor
+
+        default_workers, default_threads = default_pool_shape()
+        fallback = make_executor("local", workers=workers, threads=threads)
+        return EnsembleExecutor(fallback, workers=workers or default_workers, threads=threads or default_threads)
     if kind == "serial":
         return SerialExecutor(threads)
     if kind == "local":
@@ -194,4 +166,4 @@ def make_executor(kind: str, *, workers: int | None = None, threads: int | None 
         return LocalPoolExecutor(workers or default_workers, threads or default_threads)
     if kind == "ray":
         return RayExecutor(address, cpus_per_run=float(threads or 1), gpus_per_run=gpus_per_run)
-    raise ValueError(f"unknown executor {kind!r}; valid: serial, local, ray")
+    raise ValueError(f"unknown executor {kind!r}; valid: serial, local, ray, ensemble")

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from types import TracebackType
 
 from samscale.spec.status import RunStatus
 from samscale.store import RunStore
 from samscale.train.events import EpochEnded, RunEnded, RunEvent, RunStarted
 from samscale.version import code_version
+
+
+@dataclass
+class RunOutcome:
+    """How one run of a sweep ended: complete, diverged, failed, or busy (held by another live sweep)."""
+
+    run_id: str
+    label: str
+    status: str
+    error: str | None = None
+    final: dict | None = None
 
 
 class StoreRecorder:

@@ -1,7 +1,9 @@
 """Theory of stochastic unnormalized SAM: linear-stability bounds and linearized dynamics, convergence rates."""
 from samscale.theory.convergence import (
     LeastSquaresConstants,
+    fit_contraction,
     least_squares_constants,
+    run_sam_least_squares,
     run_usam_least_squares,
     usam_rate,
     usam_step_size,
@@ -23,7 +25,9 @@ __all__ = [
     "LeastSquaresConstants",
     "StabilityBounds",
     "exact_mean_square_stability",
+    "fit_contraction",
     "least_squares_constants",
+    "run_sam_least_squares",
     "run_usam_least_squares",
     "sgd_s2_bound",
     "sgd_sharpness_bound",

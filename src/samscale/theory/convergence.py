@@ -1,4 +1,4 @@
-"""Linear convergence of stochastic USAM under interpolation, per-example β-smoothness and μ-PL (PAPER.md §6).
+"""Linear convergence of stochastic USAM under interpolation, per-example β-smoothness and μ-PL (docs/PROTOCOL.md §6).
 
 With κ = β/μ, ρ < 1/(β√κ) and η = (1 − ρβ√κ)/(βκ(1 + ρβ)²):
 E[f(x_{t+1}) − f*] ≤ (1 − (1 − ρβ√κ)²/(κ²(1 + ρβ)²)) · E[f(x_t) − f*]; at ρ = 0 the rate is SGD's 1 − μ²/β².
@@ -78,12 +78,50 @@ def run_usam_least_squares(
     batch_size: int = 1,
     x0: Tensor | None = None,
     generator: torch.Generator | None = None,
+    n_runs: int = 1,
 ) -> Tensor:
     """Stochastic USAM on f(x) = (1/2n)‖Xx − y‖²; returns f(x_t) − f* for t = 0..n_steps (float64).
 
     Step on a batch ξ (B distinct examples, uniformly drawn): x ← x − η∇f_ξ(x + ρ∇f_ξ(x)). f* is attained by the
-    least-squares solution; x0 defaults to zero.
+    least-squares solution; x0 defaults to zero. With `n_runs` > 1, that many independent runs (own batches, same
+    x0) are simulated at once and the mean gap over them is returned, an estimate of E[f(x_t) − f*].
     """
+    return _run_least_squares(features, targets, eta, rho, n_steps, batch_size, x0, generator, n_runs,
+                              normalized=False)
+
+
+def run_sam_least_squares(
+    features: Tensor,
+    targets: Tensor,
+    *,
+    eta: float,
+    rho: float,
+    n_steps: int,
+    batch_size: int = 1,
+    x0: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    n_runs: int = 1,
+) -> Tensor:
+    """Stochastic normalized SAM on the same least squares: x ← x − η∇f_ξ(x + ρ∇f_ξ(x)/‖∇f_ξ(x)‖), the ascent
+    a fixed length ρ (zero where ∇f_ξ = 0). Not covered by the USAM rate; returns f(x_t) − f* like
+    `run_usam_least_squares` (mean over `n_runs`), with the same batches for the same generator state."""
+    return _run_least_squares(features, targets, eta, rho, n_steps, batch_size, x0, generator, n_runs,
+                              normalized=True)
+
+
+def _run_least_squares(
+    features: Tensor,
+    targets: Tensor,
+    eta: float,
+    rho: float,
+    n_steps: int,
+    batch_size: int,
+    x0: Tensor | None,
+    generator: torch.Generator | None,
+    n_runs: int,
+    *,
+    normalized: bool,
+) -> Tensor:
     if features.ndim != 2 or targets.shape != (features.shape[0],):
         raise ValueError(
             f"expected features (n, d) and targets (n,), got {tuple(features.shape)} and {tuple(targets.shape)}"
@@ -91,22 +129,55 @@ def run_usam_least_squares(
     n, d = features.shape
     if not (isinstance(batch_size, int) and 1 <= batch_size <= n):
         raise ValueError(f"batch_size must be an integer in [1, n={n}], got {batch_size!r}")
+    if not (isinstance(n_runs, int) and n_runs >= 1):
+        raise ValueError(f"n_runs must be a positive integer, got {n_runs!r}")
     if not eta > 0 or not rho >= 0:
         raise ValueError(f"need eta > 0 and rho ≥ 0, got eta={eta}, rho={rho}")
     a = features.to(torch.float64)
     y = targets.to(torch.float64)
-    x = torch.zeros(d, dtype=torch.float64) if x0 is None else x0.to(torch.float64).clone()
+    start = torch.zeros(d, dtype=torch.float64) if x0 is None else x0.to(torch.float64)
+    x = start.expand(n_runs, d).clone()  # one row per run
 
-    def loss(point: Tensor) -> float:
-        return float(((a @ point - y) ** 2).mean() / 2)
+    def loss(points: Tensor) -> Tensor:
+        return ((points @ a.T - y) ** 2).mean(dim=1) / 2
 
-    optimum = loss(torch.linalg.lstsq(a, y.unsqueeze(1), driver="gelsd").solution.squeeze(1))
-    gaps = [loss(x) - optimum]
+    solution = torch.linalg.lstsq(a, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    optimum = loss(solution.unsqueeze(0))
+    losses = [loss(x)]
     for _ in range(n_steps):
-        batch = torch.randperm(n, generator=generator)[:batch_size]
-        a_b, y_b = a[batch], y[batch]
-        ascent = a_b.T @ (a_b @ x - y_b) / batch_size
+        if n_runs == 1:
+            batch = torch.randperm(n, generator=generator)[:batch_size].unsqueeze(0)
+        else:
+            batch = torch.rand(n_runs, n, generator=generator).argsort(dim=1)[:, :batch_size]
+        a_b, y_b = a[batch], y[batch]  # (runs, B, d), (runs, B)
+        ascent = torch.einsum("rbd,rb->rd", a_b, torch.einsum("rbd,rd->rb", a_b, x) - y_b) / batch_size
+        if normalized:
+            norms = ascent.norm(dim=1, keepdim=True)
+            ascent = torch.where(norms > 0, ascent / norms.clamp_min(torch.finfo(torch.float64).tiny), ascent)
         perturbed = x + rho * ascent
-        x = x - eta * a_b.T @ (a_b @ perturbed - y_b) / batch_size
-        gaps.append(loss(x) - optimum)
-    return torch.tensor(gaps, dtype=torch.float64)
+        x = x - eta * torch.einsum("rbd,rb->rd", a_b, torch.einsum("rbd,rd->rb", a_b, perturbed) - y_b) / batch_size
+        losses.append(loss(x))
+    return (torch.stack(losses) - optimum).mean(dim=1)
+
+
+def fit_contraction(gaps: Tensor, *, stop_below: float = 1e-12, steps: Tensor | None = None) -> float:
+    """Per-iteration contraction factor exp(slope) of a least-squares line through log(gap_t) vs t.
+
+    `gaps` are f − f* along a trajectory (for a stochastic method, their mean over runs: the rate bounds E[f − f*]),
+    recorded at iterations `steps` (default 0, 1, 2, …). The fit stops at the first gap below `stop_below` × gap₀,
+    where float round-off would flatten the line; it needs two positive points before that.
+    """
+    gaps = torch.as_tensor(gaps, dtype=torch.float64)
+    t = torch.arange(len(gaps), dtype=torch.float64) if steps is None else torch.as_tensor(steps, dtype=torch.float64)
+    if gaps.ndim != 1 or t.shape != gaps.shape:
+        raise ValueError(f"gaps and steps must be 1-D of equal length, got {tuple(gaps.shape)} and {tuple(t.shape)}")
+    if not (len(gaps) >= 2 and gaps[0] > 0):
+        raise ValueError(f"need at least two gaps starting positive, got {len(gaps)} starting at {float(gaps[0]):g}")
+    below = (gaps <= stop_below * gaps[0]).nonzero()
+    end = int(below[0]) if len(below) else len(gaps)
+    if end < 2:
+        raise ValueError(f"the gap fell below {stop_below:g} × gap₀ after one point; nothing to fit")
+    log_gap, t = gaps[:end].log(), t[:end]
+    centred = t - t.mean()
+    slope = float((centred * (log_gap - log_gap.mean())).sum() / (centred * centred).sum())
+    return math.exp(slope)

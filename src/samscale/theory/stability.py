@@ -1,4 +1,4 @@
-"""Linear stability of SGD and unnormalized SAM (USAM) at an interpolating minimum (PAPER.md §6).
+"""Linear stability of SGD and unnormalized SAM (USAM) at an interpolating minimum (docs/PROTOCOL.md §6).
 
 Linearized around the minimum, one step on mini-batch ξ is x ← A_ξ x with A_ξ = I − ηH_ξ − ηρH_ξ² (H_ξ the batch
 Hessian; ρ = 0 is SGD). Writing C_ξ = ηH_ξ + ηρH_ξ², so that A_ξ = I − C_ξ:
@@ -11,7 +11,7 @@ The bounds below follow from the sufficient condition with per-example Hessians 
 minimum of a convex per-example loss). For a unit vector v let p = vᵀE[C]v and q = vᵀE[C²]v; then p ≤ √q
 (Cauchy–Schwarz) and q ≤ 2p, hence p ≤ 2 and q ≤ 4. With v the top eigenvector of H, p ≥ η(a + ρa²), giving
 a ≤ (√(1 + 8ρ/η) − 1)/(2ρ); p ≥ ηρ·vᵀM₂v gives s₂² ≤ λ_max(M₂) ≤ 2/(ηρ); q ≥ 2η²ρ·vᵀM₃v and q ≥ η²ρ²·vᵀM₄v give
-s₃³ ≤ 2/(η²ρ) and s₄⁴ ≤ 4/(ηρ)². These are the bounds of PAPER.md §6, confirmed. They are implied by the sufficient
+s₃³ ≤ 2/(η²ρ) and s₄⁴ ≤ 4/(ηρ)². These are the bounds of docs/PROTOCOL.md §6, confirmed. They are implied by the sufficient
 condition, hence necessary for stability in 1-D; in higher dimension they bound what the sufficient condition allows.
 Only the sharpness bound is tight (1-D, all h_i equal). In 1-D sharper constants hold: s₃³ ≤ 1/(η²ρ) (using
 S₄ ≥ s₂⁴), s₂² ≤ 1/(2ηρ) as η → 0 with ηρ fixed, and s₂ ≤ 1/η (Var(C) ≤ 1 and C has slope ≥ η in h ≥ 0).

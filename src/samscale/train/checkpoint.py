@@ -6,12 +6,11 @@ crafted file can never run code. Anything else is refused with a message that na
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
-
-import pickle
-import zipfile
 
 import torch
 
@@ -40,12 +39,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ConfigError(f"{path}: refused to load; it holds objects other than tensors and plain data, which "
-                          f"could run code ({str(err).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise ConfigError(f"{path} is not a readable checkpoint ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+                          f"could run code ({_refusal_reason(err)})") from None
+    except Exception as err:  # torch raises many kinds (KeyError, RuntimeError, EOFError, ...) on a damaged file
+        detail = f": {str(err).splitlines()[0]}" if str(err).strip() else ""
+        raise ConfigError(f"{path} is not a readable checkpoint ({type(err).__name__}{detail})") from None
     if not isinstance(state, dict):
         raise ConfigError(f"{path} is not a samscale checkpoint (it holds a {type(state).__name__}, not a dict)")
     return state
+
+
+def _refusal_reason(err: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only refusal that says what was refused (e.g. 'unsupported GLOBAL posix.system')."""
+    paragraphs = [part.strip() for part in str(err).split("\n\n") if part.strip()]
+    boilerplate = ("Weights only load failed", "Check the documentation")
+    return next((part for part in paragraphs if not part.startswith(boilerplate)), paragraphs[0] if paragraphs else "")

@@ -22,12 +22,15 @@ from torch import Tensor, nn
 from samscale.data import Dataset, ImageFolderSplit, Split, load_dataset, make_loader
 from samscale.models.registry import build_model, count_params
 from samscale.optim import SAM, sam_update
+from samscale.optim.sync import GradientSync, rank_slice
 from samscale.sparsity import MaskEnforcer, make_masks
 from samscale.spec.run import DataSpec, RunSpec
 from samscale.spec.status import RunStatus
 from samscale.train.checkpoint import load_checkpoint, save_checkpoint
 from samscale.train.curvature import analyze_model
+from samscale.train.distributed import launch
 from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunStarted
+from samscale.train.rl import train_rl
 from samscale.train.metrics import EpochMeter, evaluate
 from samscale.train.schedule import lr_multiplier
 from samscale.hessian.analyze import scalar_summary
@@ -172,6 +175,8 @@ class _Run:
         multiplier = lr_multiplier(spec.schedule, spec.train.epochs, len(self.loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
         self.forward = torch.compile(self.model) if spec.runtime.compile else self.model
+        self.sync = GradientSync.from_environment(spec.optim.sam_mode)  # None unless one of several processes
+        self.is_main = self.sync is None or self.sync.is_main  # only rank 0 writes checkpoints and evaluates
         self.epoch = 0
         self.history: list[dict[str, float]] = []
 
@@ -239,6 +244,14 @@ class _Run:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if self.sync is not None:
+                if _smallest_slice(len(y), self.sync.world_size) < 2:  # a tail batch too small to split: skipped
+                    self.scheduler.step()
+                    continue
+                loss, output = self._distributed_step(x, y, autocast)
+                self.scheduler.step()
+                meter.update(loss, output, y)
+                continue
             with autocast:
                 if isinstance(self.optimizer, SAM):
                     loss, output = sam_update(self.forward, self.loss_fn, x, y, self.optimizer, m=self.spec.optim.m)
@@ -252,6 +265,28 @@ class _Run:
             meter.update(loss, output.detach(), y)
         return meter.result(prefix="train_")
 
+    def _distributed_step(self, x: Tensor, y: Tensor, autocast: Any) -> tuple[Tensor, Tensor]:
+        """This process's slice of the global batch through one synced step; the whole batch's loss and outputs."""
+        sync = self.sync
+        part = rank_slice(len(y), sync.rank, sync.world_size)
+        x_local, y_local = x[part], y[part]
+        share = len(y_local) / len(y)
+        with autocast:
+            if isinstance(self.optimizer, SAM):
+                loss, output = sam_update(self.forward, self.loss_fn, x_local, y_local, self.optimizer,
+                                          m=self.spec.optim.m, sync=sync)
+            else:
+                output = self.forward(x_local)
+                loss = self.loss_fn(output, y_local)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                sync.average_grads_(list(self.model.parameters()), share)
+                self.optimizer.step()
+                sync.average_bn_stats_(self.model, share)
+        loss = loss.detach().reshape(1).clone()
+        sync.average_([loss], share)
+        return loss[0], sync.assemble(output.detach(), part.start, len(y))
+
     def evaluate(self, split: Split | ImageFolderSplit, prefix: str) -> dict[str, float]:
         """Loss (and accuracy) of the current model over a whole split, in eval mode."""
         loader = make_loader(split, self.spec.runtime.eval_batch_size, shuffle=False)
@@ -263,6 +298,11 @@ class _Run:
         for name, split in self.eval_splits.items():
             metrics.update(self.evaluate(split, prefix=f"{name}_"))
         return metrics
+
+
+def _smallest_slice(n: int, world_size: int) -> int:
+    """Examples of the smallest per-process slice of a batch of n (BatchNorm needs 2 in every process)."""
+    return min(len(range(n)[rank_slice(n, rank, world_size)]) for rank in range(world_size))
 
 
 def _autocast(spec: RunSpec, device: torch.device):
@@ -296,13 +336,21 @@ def train_run(
 
     Events (`RunStarted`, `EpochEnded`, `RunEnded`) go to `on_event`. `max_epochs` stops early after that many
     epochs in this call (the run stays resumable; the result's status is `running`); used to test resume.
+    With `runtime.nproc` > 1 the run is trained by that many processes (`samscale.train.distributed`); only rank 0
+    writes checkpoints, evaluates and reports, and the call returns rank 0's result.
     """
+    if spec.runtime.nproc > 1 and GradientSync.from_environment() is None:
+        return launch(train_run, spec, workdir=workdir, on_event=on_event, max_epochs=max_epochs)
     with _torch_threads(spec.runtime.threads):
         return _train(spec, workdir, on_event or (lambda event: None), max_epochs)
 
 
 def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_epochs: int | None) -> RunResult:
     device = resolve_device(spec.runtime.device)
+    if spec.rl.env is not None:  # a DQN run: its own loop (samscale.train.rl), the same events and checkpoints
+        status, final, history = train_rl(spec, workdir, emit, max_epochs, device=device,
+                                          build_optimizer=build_optimizer)
+        return RunResult(spec.run_id, status, final, history)
     run = _Run(spec, device)
     run_id = spec.run_id
     ckpt = checkpoint_path(workdir, run_id) if workdir is not None else None
@@ -326,11 +374,12 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
             run.history.append(row)
             emit(EpochEnded(run_id, run.epoch, row))
             break
-        metrics.update(run.evaluate_all())
+        if run.is_main:
+            metrics.update(run.evaluate_all())
         row = {"epoch": run.epoch, "lr": lr, "seconds": time.perf_counter() - started}
         row.update(metrics)
         run.history.append(row)
-        if ckpt is not None:
+        if ckpt is not None and run.is_main:
             save_checkpoint(ckpt, run.state())
         emit(EpochEnded(run_id, run.epoch, row))
 
@@ -339,7 +388,7 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
     final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in run.model.parameters()))
     final["data_source"] = run.dataset.source
     final["substitute_for"] = run.dataset.substitute_for
-    if status == RunStatus.COMPLETE:
+    if status == RunStatus.COMPLETE and run.is_main:
         final.update(run.evaluate(_head(run.train_split, spec.runtime.train_eval_size), prefix="final_train_"))
         if spec.analysis.what:
             report = analyze_model(spec, run.model, run.dataset, run.loss_fn)

@@ -1,6 +1,6 @@
 """The stability experiment's budgets as plain data: which problems, how long to train, how many seeds.
 
-Every run uses the theory's setting (PAPER.md §6): plain SGD as the base (momentum 0, weight decay 0), a constant
+Every run uses the theory's setting (docs/PROTOCOL.md §6): plain SGD as the base (momentum 0, weight decay 0), a constant
 learning rate η and batch size B = 1 (the batch size the s₃, s₄ bounds are derived for). SGD, USAM and SAM share η
 and B on a problem; USAM and SAM each get their own ρ, because USAM's ε = ρ∇f (a fraction of the gradient) and SAM's
 ε = ρ∇f/‖∇f‖ (a fixed length) make ρ mean different things. USAM's ρ is kept small: with B = 1 one example's

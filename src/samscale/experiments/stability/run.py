@@ -3,14 +3,13 @@
 For each problem of the budget, SGD, USAM and SAM are trained (same η and batch size, constant learning rate) to
 (near) zero training loss; at each end point the curvature the theory constrains is measured on the training set —
 a = λ_max(H), the top Hessian eigenvalues, and the non-uniformities s₂, s₃, s₄ — and set beside the bounds for the
-η, ρ, B and n used (PAPER.md §6). Writes results.csv (one row per run), summary.csv (measured vs bound per
+η, ρ, B and n used (docs/PROTOCOL.md §6). Writes results.csv (one row per run), summary.csv (measured vs bound per
 optimizer), results.json (everything, with the run specs and loss histories), figures, report.md and report.html.
 Training checkpoints live under `out/runs`, so a second call reuses finished runs and only re-measures.
 """
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import time
 from collections.abc import Callable
@@ -22,11 +21,12 @@ import torch
 from torch import nn
 
 from samscale.data import Dataset, DatasetUnavailable
-from samscale.experiments.curvature import MinimumCurvature, measure_minimum
+from samscale.experiments.common import write_json
 from samscale.experiments.stability.budgets import Problem, StabilityBudget, get_budget
 from samscale.experiments.stability.bounds import LABELS, QUANTITIES, stability_bounds, summarize_against_bounds
 from samscale.experiments.stability.figures import curvature_bars, loss_curves, optimizer_label, top_eigenvalue_bars
 from samscale.experiments.stability.report import ReportSection, write_pages
+from samscale.hessian.minimum import MinimumCurvature, measure_minimum
 from samscale.spec.run import RunSpec
 from samscale.train.checkpoint import load_checkpoint
 from samscale.train.loop import RunResult, build_model_for, dataset_for, loss_function, train_run
@@ -151,7 +151,7 @@ def _write_outputs(out: Path, budget: str, plan: StabilityBudget, measured: list
         "runs": [{**m["record"], **m["details"]} for m in measured],
         "summary": summary.to_dict(orient="records"),
     }
-    (out / "results.json").write_text(json.dumps(_json_safe(payload), indent=1, allow_nan=False), encoding="utf-8")
+    write_json(out / "results.json", payload)
     sections = [_problem_section(p, summary, histories, measured) for p in problems]
     sections.append(ReportSection(
         "All runs", "One row per run (results.csv). Curvature is measured on the n training examples, eval mode, "
@@ -184,7 +184,7 @@ def _header(command: str, budget: str, plan: StabilityBudget, measured: list[dic
 def _notes(plan: StabilityBudget, runs: pd.DataFrame, skipped: list[str]) -> list[str]:
     notes = list(plan.notes) + skipped
     notes += [
-        "The bounds (PAPER.md §6; samscale.theory.stability) come from the sufficient mean-square condition "
+        "The bounds (docs/PROTOCOL.md §6; samscale.theory.stability) come from the sufficient mean-square condition "
         "λ_max(E[A_ξ²]) ≤ 1 for USAM linearized at an interpolating minimum (every example's loss minimized, "
         "per-example Hessians positive semi-definite); ρ = 0 gives SGD's. They are necessary in one dimension and "
         "bound what the sufficient condition allows in general. A minimum an optimizer can stay at should satisfy "
@@ -255,19 +255,3 @@ def _mean_top_eigenvalues(problem: str, measured: list[dict]) -> dict[str, list[
 def _display_runs(runs: pd.DataFrame) -> pd.DataFrame:
     shown = runs.drop(columns=["eta", "batch_size", "epochs", "run_id"])
     return shown.assign(optimizer=shown["optimizer"].map(optimizer_label))
-
-
-def _json_safe(value: Any) -> Any:
-    """Strict JSON: NaN becomes null and ±inf the strings "inf"/"-inf"; numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-    return value

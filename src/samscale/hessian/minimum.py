@@ -1,22 +1,21 @@
 """The curvature of a trained minimum that the linear-stability theory constrains: a = λ_max(H) and s₂, s₃, s₄.
 
 H is the Hessian of the mean training loss over all given examples; s_k = λ_max(S_k)^{1/k} with S_k = M_k − H^k and
-M_k = (1/n) Σ_i H_i^k the per-example moments (PAPER.md §6). Everything is evaluated in eval mode by Hessian-vector
+M_k = (1/n) Σ_i H_i^k the per-example moments (docs/PROTOCOL.md §6). Everything is evaluated in eval mode by Hessian-vector
 products (`samscale.hessian`); no Hessian is formed and the model is not modified.
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from samscale.hessian import HessianOperator, NonUniformityOperator, lanczos
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
-Batch = tuple[Tensor, Tensor]
+from samscale.hessian.lanczos import lanczos
+from samscale.hessian.moments import nonuniformity_result
+from samscale.hessian.objective import Batch, LossFn
+from samscale.hessian.operator import HessianOperator
 
 NONUNIFORMITY_ORDERS = (2, 3, 4)
 
@@ -76,11 +75,11 @@ def measure_minimum(
     top = lanczos(hessian, k=k, max_iter=max(k, min(max_matvecs, hessian.size)), tol=tol, generator=generator)
     s, s_converged = {}, {}
     for order in orders:
-        operator = NonUniformityOperator(model, loss_fn, data, order, dtype=dtype, chunk_size=chunk_size)
-        result = lanczos(operator, k=1, max_iter=min(max_matvecs, operator.size), tol=tol, generator=generator)
-        largest = float(result.eigenvalues[0])
-        s[order] = math.pow(largest, 1.0 / order) if largest > 0 else 0.0
-        s_converged[order] = bool(result.converged)
+        result = nonuniformity_result(
+            model, loss_fn, data, order, dtype=dtype, chunk_size=chunk_size, tol=tol, max_iter=max_matvecs,
+            generator=generator,
+        )
+        s[order], s_converged[order] = result.value, result.converged
     return MinimumCurvature(
         loss=hessian.loss(),
         sharpness=float(top.eigenvalues[0]),

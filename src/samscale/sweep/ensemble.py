@@ -1,0 +1,147 @@
+"""The ensemble executor: packs compatible runs of a sweep and trains each pack as one batched model.
+
+Runs that agree on everything but seed and optimizer settings (`samscale.train.ensemble.pack_key`: the seeds, the
+ρ grid and the SGD/SAM arms of one model size) are packed, up to `max_members` per pack, and each pack is trained
+by `train_ensemble` in one process (this one, or one of a pool of workers). To the store each member is an ordinary run: it is claimed, its heartbeat beats
+while it trains, and its events are recorded by `StoreRecorder` as they happen, so a killed sweep resumes each member
+from its last checkpoint, like any other executor's runs. Runs that cannot be packed (see
+`samscale.train.ensemble.unpackable_reason`: unsupported families, sparsity, m-sharpness, Adam bases, bf16,
+streamed data), and packs that would hold a single run, go to the `fallback` executor, one `train_run` each.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Iterator, Protocol
+
+from samscale.spec.run import RunSpec
+from samscale.spec.status import FINISHED, RunStatus
+from samscale.store import RunStore
+from samscale.sweep.lifeline import worker_init
+from samscale.sweep.recorder import Heartbeat, RunOutcome, StoreRecorder
+from samscale.train.ensemble import pack_key, train_ensemble, unpackable_reason
+from samscale.train.events import RunEnded, RunEvent
+
+DEFAULT_MAX_MEMBERS = 32
+"""Largest pack by default (see benchmarks/bench_ensemble.py for where packing stops paying)."""
+
+
+class Executor(Protocol):
+    """Anything with the executors' `run(specs, store_path, workdir)` that yields one RunOutcome per run."""
+
+    def run(self, specs: list[RunSpec], store_path: str, workdir: str) -> Iterator[RunOutcome]: ...
+
+
+def plan_packs(specs: list[RunSpec], max_members: int = DEFAULT_MAX_MEMBERS,
+               min_packs: int = 1) -> tuple[list[list[RunSpec]], list[RunSpec]]:
+    """(packs, runs to train one by one). Packs keep the order of their first run in `specs`. A group of compatible
+    runs is split into near-equal packs: as few as keep each within `max_members`, but at least `min_packs` (e.g.
+    one per worker, so that every worker has a pack) as long as each keeps two members."""
+    if isinstance(max_members, bool) or not isinstance(max_members, int) or max_members < 1:
+        raise ValueError(f"max_members must be a positive integer, got {max_members!r}")
+    groups: dict[str, list[RunSpec]] = {}
+    singles: list[RunSpec] = []
+    for spec in specs:
+        if unpackable_reason(spec) is None:
+            groups.setdefault(pack_key(spec), []).append(spec)
+        else:
+            singles.append(spec)
+    packs: list[list[RunSpec]] = []
+    for group in groups.values():
+        if len(group) == 1:
+            singles.append(group[0])
+            continue
+        count = max(math.ceil(len(group) / max_members), min(min_packs, len(group) // 2))
+        size = math.ceil(len(group) / count)
+        packs.extend(group[i : i + size] for i in range(0, len(group), size))
+    return packs, singles
+
+
+def execute_pack(spec_jsons: list[str], store_path: str, workdir: str, threads: int | None) -> list[RunOutcome]:
+    """Claim the pack's runs (given as RunSpec JSON), train the claimed ones together and record them; one
+    RunOutcome per run.
+
+    Runs another sweep holds (or has finished) are left to it. An exception ends the members that had not ended
+    yet as `failed`, with the traceback, instead of ending the sweep.
+    """
+    specs = [RunSpec.model_validate_json(text) for text in spec_jsons]
+    if threads:
+        specs = [spec.model_copy(update={"runtime": spec.runtime.model_copy(update={"threads": threads})})
+                 for spec in specs]
+    store = RunStore(store_path)
+    recorder = StoreRecorder(store)
+    outcomes: list[RunOutcome] = []
+    claimed: list[RunSpec] = []
+    for spec in specs:
+        if store.claim(spec.run_id):
+            claimed.append(spec)
+        else:
+            status = store.status(spec.run_id)
+            outcomes.append(RunOutcome(spec.run_id, spec.label(), status if status in FINISHED else RunStatus.BUSY.value))
+    if not claimed:
+        return outcomes
+    ended: dict[str, RunEnded] = {}
+    with Heartbeat(store, [spec.run_id for spec in claimed]) as heartbeat:
+
+        def handle(event: RunEvent) -> None:
+            recorder(event)
+            if isinstance(event, RunEnded):
+                ended[event.run_id] = event
+                heartbeat.release(event.run_id)
+
+        try:
+            results = train_ensemble(claimed, workdir=workdir, on_event=handle)
+        except Exception:  # isolate failures: the members that did not end are recorded as failed
+            error = traceback.format_exc()
+            for spec in claimed:
+                if spec.run_id in ended:
+                    event = ended[spec.run_id]
+                    outcomes.append(RunOutcome(spec.run_id, spec.label(), str(event.status), final=event.final))
+                else:
+                    recorder.failed(spec.run_id, error)
+                    outcomes.append(RunOutcome(spec.run_id, spec.label(), RunStatus.FAILED.value, error=error))
+            return outcomes
+    labels = {spec.run_id: spec.label() for spec in claimed}
+    outcomes += [RunOutcome(r.run_id, labels[r.run_id], str(r.status), final=r.final) for r in results]
+    return outcomes
+
+
+class EnsembleExecutor:
+    """Trains packs of compatible runs as batched models: in this process with `workers=1`, else in a pool of
+    `workers` spawned processes (which die with the sweep), each pack with `threads` torch threads. Runs that cannot
+    be packed go to `fallback` (e.g. a local process pool) once the packs are done."""
+
+    def __init__(self, fallback: Executor, workers: int = 1, threads: int | None = None,
+                 max_members: int = DEFAULT_MAX_MEMBERS):
+        for name, value in (("workers", workers), ("threads", threads)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        plan_packs([], max_members)  # validates max_members
+        self.fallback = fallback
+        self.workers = workers
+        self.threads = threads
+        self.max_members = max_members
+
+    def run(self, specs: list[RunSpec], store_path: str, workdir: str) -> Iterator[RunOutcome]:
+        packs, singles = plan_packs(specs, self.max_members, min_packs=self.workers)
+        jobs = [[spec.model_dump_json() for spec in pack] for pack in packs]
+        if self.workers == 1 or len(jobs) <= 1:
+            for job in jobs:
+                yield from execute_pack(job, store_path, workdir, self.threads)
+        else:
+            yield from self._pool(jobs, store_path, workdir)
+        if singles:
+            yield from self.fallback.run(singles, store_path, workdir)
+
+    def _pool(self, jobs: list[list[str]], store_path: str, workdir: str) -> Iterator[RunOutcome]:
+        context = mp.get_context("spawn")
+        with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context, initializer=worker_init,
+                                 initargs=(self.threads or 1, os.getpid())) as pool:
+            pending: set[Future] = {pool.submit(execute_pack, job, store_path, workdir, self.threads) for job in jobs}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield from future.result()

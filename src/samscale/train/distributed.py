@@ -1,0 +1,111 @@
+"""One run on several processes: spawn them, meet through torch.distributed, relay rank 0's events to the caller.
+
+`samscale train CONFIG --nproc N` (``runtime.nproc = N``) lands here through `train_run`. The processes are started
+with ``torch.multiprocessing``'s spawn context rather than torchrun: the run stays one call of one command (no
+launcher to wrap it in), the parent keeps the run store and the heartbeat exactly as for one process (the trainer
+never writes the store; rank 0's events come back through a queue and go to the caller's handler), and a failure
+in any rank ends the whole run with that rank's traceback. The processes meet through a file in a temporary folder
+(no port to pick or collide on). The backend is gloo on CPU and NCCL on CUDA (rank r uses GPU r mod the GPU count).
+
+Inside each process the trainer holds one slice of every batch and averages explicitly (`GradientSync`), so SAM's
+two modes are exact: ``global`` equals SAM on the whole batch in one process (with BatchNorm: with the batch
+accumulated in per-process pieces), ``per_device`` equals m-sharpness with m = the per-process batch.
+"""
+from __future__ import annotations
+
+import os
+import queue as queue_module
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from samscale.spec.run import RunSpec
+from samscale.train.events import EventHandler
+
+POLL_S = 0.2  # how often the parent checks on its processes while waiting for events
+
+
+def launch(
+    target: Callable[..., Any],
+    spec: RunSpec,
+    *,
+    workdir: str | Path | None = None,
+    on_event: EventHandler | None = None,
+    max_epochs: int | None = None,
+) -> Any:
+    """Run ``target(spec, workdir=, on_event=, max_epochs=)`` in ``spec.runtime.nproc`` processes; return rank 0's
+    result. ``target`` must be importable by name (a module-level function such as ``train_run``)."""
+    nproc = spec.runtime.nproc
+    if nproc < 2:
+        raise ValueError(f"launch needs runtime.nproc >= 2, got {nproc}")
+    if dist.is_available() and dist.is_initialized():
+        raise RuntimeError("already inside a torch.distributed process group: run the target directly")
+    ctx = mp.get_context("spawn")
+    messages = ctx.Queue()
+    with tempfile.TemporaryDirectory(prefix="samscale-rendezvous-") as folder:
+        init_method = Path(folder, "store").as_uri()
+        args = (target, nproc, init_method, spec.model_dump_json(), None if workdir is None else str(workdir),
+                max_epochs, messages)
+        processes = [ctx.Process(target=_worker, args=(rank, *args), name=f"samscale-rank{rank}", daemon=True)
+                     for rank in range(nproc)]
+        for process in processes:
+            process.start()
+        try:
+            return _relay(messages, processes, on_event or (lambda event: None))
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+                process.join()
+
+
+def _relay(messages: Any, processes: list[Any], emit: EventHandler) -> Any:
+    """Pass rank 0's events on until its result arrives; raise with the traceback of any rank that fails."""
+    while True:
+        try:
+            kind, *payload = messages.get(timeout=POLL_S)
+        except queue_module.Empty:
+            dead = [p for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"process {dead[0].name} died with exit code {dead[0].exitcode} "
+                                   "before reporting an error") from None
+            if all(p.exitcode == 0 for p in processes):
+                raise RuntimeError("all processes exited without a result from rank 0") from None
+            continue
+        if kind == "event":
+            emit(payload[0])
+        elif kind == "error":
+            rank, trace = payload
+            raise RuntimeError(f"rank {rank} of the run failed:\n{trace}")
+        else:  # "result"
+            for process in processes:
+                process.join()
+            return payload[0]
+
+
+def _worker(rank: int, target: Callable[..., Any], nproc: int, init_method: str, spec_json: str,
+            workdir: str | None, max_epochs: int | None, messages: Any) -> None:
+    """One process: join the group, train its part of the run, send rank 0's events and result home."""
+    spec = RunSpec.model_validate_json(spec_json)
+    device = spec.runtime.device
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    if spec.runtime.threads is None:  # share the CPUs instead of every process taking all of them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=nproc)
+    try:
+        on_event = (lambda event: messages.put(("event", event))) if rank == 0 else None
+        result = target(spec, workdir=workdir, on_event=on_event, max_epochs=max_epochs)
+        if rank == 0:
+            messages.put(("result", result))
+    except BaseException:
+        messages.put(("error", rank, traceback.format_exc()))
+        raise SystemExit(1) from None
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,432 @@
+"""Many runs of one model family, size and data trained as one batched model, each member still its own run.
+
+A size study is hundreds of runs of small models: on a CPU each run is dominated by per-step overhead, on a GPU a
+small model cannot fill the device. `train_ensemble(specs)` trains K compatible runs (`pack_key` equal: same data,
+model, schedule, epochs, batch size and runtime; free to differ in seed and optimizer settings) in lockstep: their
+parameters are stacked along a leading member dimension and every forward/backward pass is one `torch.func.vmap` of
+`functional_call` over the members. Each member keeps exactly the semantics of `train_run`:
+
+- its own initialization, data order and augmentation: every member is a `samscale.train.loop._Run`, built and
+  seeded exactly as `train_run` builds it, and draws its batches from its own loader and generator;
+- its own optimizer: SGD (momentum, Nesterov, coupled weight decay, per-member learning rate from its own
+  scheduler) or SAM / USAM / ASAM around SGD with its own ρ, η and its own global gradient norm; SGD members take a
+  plain step from the clean gradient (the perturbed pass runs only for the SAM members, which come first);
+- its own BatchNorm statistics (stacked buffers; the perturbed pass never updates them, as in `sam_update`);
+- its own divergence: a member whose epoch ends with a non-finite training loss ends `diverged` and leaves the
+  pack; the others go on;
+- its own events (`RunStarted`, `EpochEnded`, `RunEnded`), history and checkpoint, in `train_run`'s format, so a
+  member can be resumed by `train_run` and a run checkpointed by `train_run` can join a pack. A finished member's
+  final metrics, end-of-training analysis and weights-only checkpoint are produced by `train_run` itself, resuming
+  from the member's last checkpoint.
+
+Numbers equal one-by-one `train_run` within floating-point tolerance, not bitwise: batched matrix products and the
+per-member norms sum in a different order. The "seconds" of an epoch row is the pack's epoch time divided by the
+number of members trained in that epoch (each member's share of the machine).
+
+What cannot be packed (`unpackable_reason` says why; executors train such runs one by one with `train_run`): model
+families outside `PACKABLE_FAMILIES` (ResNet-50 and ViT are untested here; graph and RL models take other inputs),
+pruning masks (`sparsity`), m-sharpness (`optim.m`), Adam/AdamW bases, bf16 autocast, streamed image folders
+(ImageNet), and any setting this trainer does not know about left at a non-default value. `runtime.compile` and
+`runtime.channels_last` only change speed and are ignored here.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, vmap
+
+from samscale.data import make_loader
+from samscale.optim import SAM, frozen_bn_stats
+from samscale.spec.run import RunSpec
+from samscale.spec.status import RunStatus
+from samscale.train.checkpoint import load_checkpoint, save_checkpoint
+from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunEvent, RunStarted
+from samscale.train.loop import RunResult, _Run, _torch_threads, resolve_device, summarize_history, train_run
+from samscale.workdir import checkpoint_path
+
+PACKABLE_FAMILIES: tuple[str, ...] = ("mlp", "two_layer", "resnet18", "resnet")
+"""Model families the ensemble trainer packs (tested against one-by-one training)."""
+
+STREAMED_DATASETS: tuple[str, ...] = ("imagenet",)
+"""Datasets read from disk batch by batch (image folders), which the ensemble does not pack."""
+
+# Spec fields the ensemble trainer implements; any other field of these sections must keep its default value.
+_KNOWN_FIELDS: dict[str, tuple[str, ...]] = {
+    "optim": ("name", "base", "lr", "momentum", "nesterov", "weight_decay", "betas", "rho", "m", "asam_eta"),
+    "train": ("epochs", "batch_size", "seed"),
+    "runtime": ("device", "threads", "compile", "channels_last", "bf16", "eval_batch_size", "train_eval_size",
+                "keep_optimizer_state"),
+    "sparsity": ("method", "sparsity"),
+    "schedule": ("kind", "milestones", "gamma", "warmup_epochs"),
+}
+_NORM_EPS = 1e-12  # SAM's norm_eps default, as used by build_optimizer
+
+
+def unpackable_reason(spec: RunSpec) -> str | None:
+    """Why `spec` cannot be trained in an ensemble, or None when it can."""
+    if spec.model.family not in PACKABLE_FAMILIES:
+        return f"model family {spec.model.family!r} is not packable (packable: {', '.join(PACKABLE_FAMILIES)})"
+    if spec.optim.base != "sgd":
+        return f"base optimizer {spec.optim.base!r} (only SGD-based runs are packed)"
+    if spec.optim.is_sam and spec.optim.m is not None:
+        return f"m-sharpness (optim.m={spec.optim.m})"
+    if spec.sparsity.method != "none":
+        return f"pruning at initialization (sparsity.method={spec.sparsity.method!r})"
+    if spec.runtime.bf16:
+        return "bf16 autocast (runtime.bf16)"
+    if spec.data.name in STREAMED_DATASETS:
+        return f"dataset {spec.data.name!r} is streamed from disk"
+    for section, known in _KNOWN_FIELDS.items():
+        value = getattr(spec, section)
+        default = type(value)()
+        for name in type(value).model_fields:
+            if name not in known and getattr(value, name) != getattr(default, name):
+                return f"{section}.{name}={getattr(value, name)!r} is not supported by the ensemble trainer"
+    return None
+
+
+def pack_key(spec: RunSpec) -> str:
+    """Runs with equal keys can train as one pack: everything but the name, seed, optimizer and analyses agrees."""
+    tree = spec.model_dump(mode="json")
+    for key in ("name", "optim", "analysis"):
+        tree.pop(key)
+    tree["train"].pop("seed")
+    return json.dumps(tree, sort_keys=True)
+
+
+def train_ensemble(
+    specs: list[RunSpec],
+    *,
+    workdir: str | Path | None = None,
+    on_event: EventHandler | None = None,
+    max_epochs: int | None = None,
+) -> list[RunResult]:
+    """Train the runs `specs` (one pack: equal `pack_key`, all packable) together; one RunResult per spec, in order.
+
+    Like `train_run`: each member resumes from its checkpoint under `workdir` when one exists, events go to
+    `on_event`, and `max_epochs` stops after that many epochs in this call (members then end `running`). Without a
+    `workdir` the checkpoints go to a temporary folder that is deleted on return.
+    """
+    _check_pack(specs)
+    if not specs:
+        return []
+    emit = on_event or (lambda event: None)
+    with _torch_threads(specs[0].runtime.threads):
+        if workdir is None:
+            with tempfile.TemporaryDirectory(prefix="samscale-ensemble-") as scratch:
+                return _train_members(specs, Path(scratch), emit, max_epochs)
+        return _train_members(specs, Path(workdir), emit, max_epochs)
+
+
+def _check_pack(specs: list[RunSpec]) -> None:
+    for spec in specs:
+        reason = unpackable_reason(spec)
+        if reason is not None:
+            raise ValueError(f"run {spec.run_id} ({spec.label()}) cannot be packed: {reason}")
+    if len({pack_key(spec) for spec in specs}) > 1:
+        raise ValueError("runs of one pack must agree on everything but name, seed, optimizer and analyses; "
+                         f"got {len({pack_key(s) for s in specs})} different configurations (group them by pack_key)")
+    ids = [spec.run_id for spec in specs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"a pack holds the same run twice: {sorted({i for i in ids if ids.count(i) > 1})}")
+
+
+class _Member:
+    """One run of a pack: its `_Run` (model, loader, optimizer, scheduler, history), checkpoint and status."""
+
+    def __init__(self, spec: RunSpec, device: torch.device, workdir: Path, emit: EventHandler):
+        self.spec = spec
+        self.run = _Run(spec, device)
+        self.ckpt = checkpoint_path(workdir, spec.run_id)
+        if (state := load_checkpoint(self.ckpt)) is not None:
+            self.run.restore(state)
+        self.status = RunStatus.COMPLETE if self.run.epoch >= spec.train.epochs else RunStatus.RUNNING
+        self.run.optimizer._opt_called = True  # the pack updates the weights; the scheduler must not warn
+        emit(RunStarted(spec, self.run.n_params, list(self.run.history)))
+
+    @property
+    def base_optimizer(self) -> torch.optim.Optimizer:
+        optimizer = self.run.optimizer
+        return optimizer.base_optimizer if isinstance(optimizer, SAM) else optimizer
+
+    def end_epoch(self, row: dict[str, float], emit: EventHandler, diverged: bool) -> None:
+        """Record a finished epoch (checkpointed unless it diverged, as `train_run` does) and announce it."""
+        self.run.epoch += 1
+        self.run.history.append(row)
+        if diverged:
+            self.status = RunStatus.DIVERGED
+        else:
+            save_checkpoint(self.ckpt, self.run.state())
+            if self.run.epoch >= self.spec.train.epochs:
+                self.status = RunStatus.COMPLETE
+        emit(EpochEnded(self.spec.run_id, self.run.epoch, row))
+
+    def finish(self, workdir: Path, emit: EventHandler) -> RunResult:
+        """The member's result; a complete member's final metrics come from `train_run` resuming its checkpoint."""
+        run_id = self.spec.run_id
+        if self.status == RunStatus.COMPLETE:
+            return train_run(self.spec, workdir=workdir, on_event=_without_start(emit))
+        if self.status == RunStatus.RUNNING:
+            return RunResult(run_id, RunStatus.RUNNING, {}, self.run.history)
+        final = summarize_history(self.run.history, classification=self.run.dataset.task == "classification")
+        final["n_params"] = self.run.n_params
+        final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in self.run.model.parameters()))
+        final["data_source"] = self.run.dataset.source
+        final["substitute_for"] = self.run.dataset.substitute_for
+        emit(RunEnded(run_id, self.status, final))
+        return RunResult(run_id, self.status, final, self.run.history)
+
+
+def _without_start(emit: EventHandler) -> EventHandler:
+    """`emit` minus RunStarted: the member announced its start when it joined the pack."""
+
+    def handler(event: RunEvent) -> None:
+        if not isinstance(event, RunStarted):
+            emit(event)
+
+    return handler
+
+
+def _train_members(specs: list[RunSpec], workdir: Path, emit: EventHandler, max_epochs: int | None) -> list[RunResult]:
+    device = resolve_device(specs[0].runtime.device)
+    members = [_Member(spec, device, workdir, emit) for spec in specs]
+    by_epoch: dict[int, list[_Member]] = {}
+    for member in members:  # members resumed at different epochs train as separate packs
+        if member.status == RunStatus.RUNNING:
+            by_epoch.setdefault(member.run.epoch, []).append(member)
+    for epoch in sorted(by_epoch):
+        _Pack(by_epoch[epoch], device).train(emit, max_epochs)
+    return [member.finish(workdir, emit) for member in members]
+
+
+def _per_member(values: Iterable[float], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    return torch.tensor(list(values), dtype=dtype, device=device)
+
+
+def _expand(values: Tensor, like: Tensor) -> Tensor:
+    """A (K,) tensor viewed to broadcast against a (K, ...) stacked tensor."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+class _Pack:
+    """The stacked state of members at the same epoch: parameters, buffers, momentum and per-member settings."""
+
+    def __init__(self, members: list[_Member], device: torch.device):
+        self.device = device
+        self.members = sorted(members, key=lambda m: not m.spec.optim.is_sam)  # SAM members first (stable)
+        first = self.members[0].run
+        self.loss_fn = first.loss_fn
+        self.classification = first.dataset.task == "classification"
+        self.template = copy.deepcopy(first.model).to("meta")  # structure only; the weights are stacked below
+        self.names = [name for name, _ in first.model.named_parameters()]
+        self.buffer_names = [name for name, _ in first.model.named_buffers()]
+        models = [m.run.model for m in self.members]
+        with torch.no_grad():
+            self.params = {n: torch.stack([dict(m.named_parameters())[n] for m in models]).requires_grad_()
+                           for n in self.names}
+            self.buffers = {n: torch.stack([dict(m.named_buffers())[n] for m in models]) for n in self.buffer_names}
+            self.momentum = [torch.stack([self._momentum_buffer(member, i) for member in self.members])
+                             for i in range(len(self.names))]
+        optims = [m.spec.optim for m in self.members]
+        self.weight_decay = _per_member((o.weight_decay for o in optims), device)
+        self.beta = _per_member((o.momentum for o in optims), device)
+        self.nesterov = _per_member((o.nesterov for o in optims), device, torch.bool)
+        self.n_sam = sum(o.is_sam for o in optims)
+        sam = optims[: self.n_sam]
+        self.rho = _per_member((o.rho for o in sam), device)
+        self.eta = _per_member((o.asam_eta for o in sam), device)
+        self.adaptive = _per_member((o.name == "asam" for o in sam), device, torch.bool)
+        self.normalize = _per_member((o.name != "usam" for o in sam), device, torch.bool)
+
+    def _momentum_buffer(self, member: _Member, index: int) -> Tensor:
+        param = list(member.run.model.parameters())[index]
+        buffer = member.base_optimizer.state.get(param, {}).get("momentum_buffer")
+        return torch.zeros_like(param) if buffer is None else buffer.detach()
+
+    # -- the batched model -----------------------------------------------------------------------------------
+    def _forward(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(self.template, (params, buffers), (x,))
+
+    def _loss(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor):
+        output = self._forward(params, buffers, x)
+        return self.loss_fn(output, y), output
+
+    def train_step(self, xs: Tensor, ys: Tensor, lrs: Tensor) -> tuple[Tensor, Tensor]:
+        """One update of every member on its own batch (xs[k], ys[k]); returns the clean losses and outputs."""
+        params = list(self.params.values())
+        with torch.enable_grad():
+            losses, outputs = vmap(self._loss)(self.params, self.buffers, xs, ys)  # BatchNorm statistics update
+            grads = list(torch.autograd.grad(losses.sum(), params))
+        s = self.n_sam
+        if s:
+            perturbed = self._ascend(grads if s == len(self.members) else [g[:s] for g in grads])
+            buffers = {n: b[:s] for n, b in self.buffers.items()}
+            with torch.enable_grad(), frozen_bn_stats(self.template):
+                sam_losses, _ = vmap(self._loss)(perturbed, buffers, xs[:s], ys[:s])
+                sam_grads = torch.autograd.grad(sam_losses.sum(), list(perturbed.values()))
+            grads = [sam if s == len(self.members) else torch.cat([sam, g[s:]]) for sam, g in zip(sam_grads, grads)]
+        self._sgd_step(grads, lrs)
+        return losses.detach(), outputs.detach()
+
+    @torch.no_grad()
+    def _ascend(self, grads: list[Tensor]) -> dict[str, Tensor]:
+        """w + ε for the SAM members, each with its own ρ and global norm (see `samscale.optim.SAM.first_step`)."""
+        s = self.n_sam
+        weights = [self.params[n][:s] for n in self.names]
+        t_gs, t2_gs = [], []
+        for w, g in zip(weights, grads):
+            if w.dim() > 2 and bool(self.adaptive.any()):  # ASAM: T = |w| + η on weight tensors
+                adaptive = _expand(self.adaptive, w)
+                scale = w.abs() + _expand(self.eta, w)
+                t_g = scale * g
+                t_gs.append(torch.where(adaptive, t_g, g))
+                t2_gs.append(torch.where(adaptive, scale * t_g, g))
+            else:
+                t_gs.append(g)
+                t2_gs.append(g)
+        norms = torch.stack([torch.linalg.vector_norm(t.flatten(1), dim=1) for t in t_gs])
+        norm = torch.linalg.vector_norm(norms, dim=0)
+        scale = torch.where(self.normalize, self.rho / (norm + _NORM_EPS), self.rho)
+        return {n: (w + _expand(scale, w) * t2).requires_grad_() for n, w, t2 in zip(self.names, weights, t2_gs)}
+
+    @torch.no_grad()
+    def _sgd_step(self, grads: list[Tensor], lrs: Tensor) -> None:
+        """torch.optim.SGD's update (coupled weight decay, momentum, Nesterov, dampening 0) with per-member settings."""
+        for p, g, buf in zip(self.params.values(), grads, self.momentum):
+            d = g + _expand(self.weight_decay, p) * p
+            beta = _expand(self.beta, p)
+            buf.mul_(beta).add_(d)  # a fresh buffer is zero: 0·β + d = d, torch's first-step clone
+            d = torch.where(_expand(self.nesterov, p), d + beta * buf, buf)
+            p.sub_(_expand(lrs, p) * d)
+
+    # -- epochs ------------------------------------------------------------------------------------------------
+    def train(self, emit: EventHandler, max_epochs: int | None) -> None:
+        """Train the members epoch by epoch until they finish, diverge, or `max_epochs` epochs are done."""
+        epochs_this_call = 0
+        while self.members and self.members[0].run.epoch < self.members[0].spec.train.epochs:
+            if max_epochs is not None and epochs_this_call >= max_epochs:
+                return
+            started = time.perf_counter()
+            lrs = [m.run.scheduler.get_last_lr()[0] for m in self.members]
+            train_metrics = self._train_epoch()
+            epochs_this_call += 1
+            diverged = [not math.isfinite(metrics["train_loss"]) for metrics in train_metrics]
+            for i, member in enumerate(self.members):
+                if diverged[i]:
+                    self._sync(i, member)
+                    member.end_epoch({"epoch": member.run.epoch + 1, "lr": lrs[i], **train_metrics[i]}, emit, True)
+            count = len(self.members)
+            self._keep([i for i, bad in enumerate(diverged) if not bad])
+            lrs = [lr for lr, bad in zip(lrs, diverged) if not bad]
+            train_metrics = [metrics for metrics, bad in zip(train_metrics, diverged) if not bad]
+            eval_metrics = self._evaluate_all()
+            seconds = (time.perf_counter() - started) / count
+            for i, member in enumerate(self.members):
+                row = {"epoch": member.run.epoch + 1, "lr": lrs[i], "seconds": seconds}
+                row.update(train_metrics[i])
+                row.update(eval_metrics[i])
+                self._sync(i, member)
+                member.end_epoch(row, emit, False)
+
+    def _train_epoch(self) -> list[dict[str, float]]:
+        self.template.train()
+        meter = _PackMeter(len(self.members), self.classification, self.device)
+        lr_groups = [m.run.optimizer.param_groups[0] for m in self.members]
+        for batches in zip(*(m.run.loader for m in self.members)):
+            xs = torch.stack([x.to(self.device, non_blocking=True) for x, _ in batches])
+            ys = torch.stack([y.to(self.device, non_blocking=True) for _, y in batches])
+            losses, outputs = self.train_step(xs, ys, _per_member((g["lr"] for g in lr_groups), self.device))
+            for member in self.members:
+                member.run.scheduler.step()
+            meter.update(losses, outputs, ys, n=ys.shape[1])
+        return meter.results("train_")
+
+    @torch.no_grad()
+    def _evaluate(self, split, prefix: str) -> list[dict[str, float]]:
+        """Every member's mean loss (and accuracy) over a whole split in eval mode, as `train.metrics.evaluate`."""
+        self.template.eval()
+        batch_size = self.members[0].spec.runtime.eval_batch_size
+        meter: _PackMeter | None = None
+        try:
+            for x, y in make_loader(split, batch_size, shuffle=False):
+                x, y = x.to(self.device), y.to(self.device)
+                meter = meter or _PackMeter(len(self.members), y.dtype == torch.int64, self.device)
+                outputs = vmap(self._forward, in_dims=(0, 0, None))(self.params, self.buffers, x)
+                meter.update(vmap(self.loss_fn, in_dims=(0, None))(outputs, y), outputs, y, n=y.shape[0])
+        finally:
+            self.template.train()
+        return meter.results(prefix) if meter is not None else [{} for _ in self.members]
+
+    def _evaluate_all(self) -> list[dict[str, float]]:
+        metrics: list[dict[str, float]] = [{} for _ in self.members]
+        if not self.members:
+            return metrics
+        for name, split in self.members[0].run.eval_splits.items():
+            for row, values in zip(metrics, self._evaluate(split, prefix=f"{name}_")):
+                row.update(values)
+        return metrics
+
+    # -- members in and out --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _sync(self, i: int, member: _Member) -> None:
+        """Write member i's slice of the stacked state into its own model and optimizer (for checkpoints)."""
+        model = member.run.model
+        for name, param in model.named_parameters():
+            param.copy_(self.params[name][i])
+        for name, buffer in model.named_buffers():
+            buffer.copy_(self.buffers[name][i])
+        if member.spec.optim.momentum != 0:  # torch's SGD keeps no buffer without momentum
+            state = member.base_optimizer.state
+            for param, buffer in zip(model.parameters(), self.momentum):
+                state[param]["momentum_buffer"] = buffer[i].clone()
+
+    @torch.no_grad()
+    def _keep(self, indices: list[int]) -> None:
+        """Drop every member not in `indices` (diverged ones) from the stacked state."""
+        if len(indices) == len(self.members):
+            return
+        index = torch.tensor(indices, dtype=torch.long, device=self.device)
+        self.members = [self.members[i] for i in indices]
+        self.params = {n: p.index_select(0, index).requires_grad_() for n, p in self.params.items()}
+        self.buffers = {n: b.index_select(0, index) for n, b in self.buffers.items()}
+        self.momentum = [b.index_select(0, index) for b in self.momentum]
+        self.weight_decay, self.beta, self.nesterov = (t[index] for t in (self.weight_decay, self.beta, self.nesterov))
+        sam_index = index[index < self.n_sam]
+        self.rho, self.eta, self.adaptive, self.normalize = (
+            t[sam_index] for t in (self.rho, self.eta, self.adaptive, self.normalize))
+        self.n_sam = len(sam_index)
+
+
+class _PackMeter:
+    """`train.metrics.EpochMeter` for K members at once: example-weighted mean loss (and accuracy) per member."""
+
+    def __init__(self, members: int, classification: bool, device: torch.device):
+        self.classification = classification
+        self.loss_sum = torch.zeros(members, dtype=torch.float64, device=device)
+        self.correct = torch.zeros(members, dtype=torch.int64, device=device)
+        self.count = 0
+
+    def update(self, losses: Tensor, outputs: Tensor, targets: Tensor, n: int) -> None:
+        """Add one batch of n examples: losses (K,), outputs (K, n, ...), targets (K, n, ...) or shared (n, ...)."""
+        self.loss_sum += losses.detach().double() * n
+        if self.classification:
+            self.correct += (outputs.argmax(dim=-1) == targets).sum(dim=-1)
+        self.count += n
+
+    def results(self, prefix: str) -> list[dict[str, Any]]:
+        losses, correct = self.loss_sum.tolist(), self.correct.tolist()
+        rows = []
+        for loss, hits in zip(losses, correct):
+            row = {f"{prefix}loss": loss / max(self.count, 1)}
+            if self.classification:
+                row[f"{prefix}acc"] = hits / max(self.count, 1)
+            rows.append(row)
+        return rows

@@ -1,0 +1,101 @@
+"""The theory and mechanism recipes: listed by `reproduce --list`, the synthetic study's gains recomputed from its
+store, and the solution-space experiment's distances and sharpness against independent computations."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from samscale.cli import main
+from samscale.data.synthetic import sine_problem
+from samscale.errors import ConfigError
+from samscale.experiments.solution_space.run import BUDGETS, _train, run_solution_space
+from samscale.experiments.convergence.dynamics import network_problem
+from samscale.models.regression import two_layer
+from samscale.recipes import get_recipe, recipe_path
+from samscale.spec.study import load_study
+
+THEORY_RECIPES = ("convergence", "solution-space", "synthetic")
+
+
+def test_reproduce_list_shows_the_theory_recipes(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    listed = capsys.readouterr().out
+    for name in THEORY_RECIPES:
+        assert name in listed
+        assert get_recipe(name).name == name
+
+
+def test_synthetic_budgets_select_on_validation_loss_and_span_the_papers_sizes():
+    for budget in ("smoke", "cpu", "paper"):
+        study = load_study(recipe_path("synthetic"), budget)
+        assert study.selection.select_by == "val_loss" and study.selection.metric == "test_loss"
+    paper = load_study(recipe_path("synthetic"), "paper")
+    widths = paper.grid["model.size"]
+    counts = [12 * w + 1 for w in widths]  # (10 + 1)·w + (w + 1) parameters, d = 10
+    assert 9_000 <= min(counts) <= 11_000 and 90_000 <= max(counts) <= 110_000
+
+
+def test_synthetic_smoke_gain_is_baseline_minus_sam_test_loss(tmp_path):
+    out = tmp_path / "synthetic"
+    assert main(["reproduce", "synthetic", "--budget", "smoke", "--out", str(out), "--executor", "serial"]) == 0
+    assert (out / "report" / "report.html").stat().st_size > 0
+    selected = pd.read_csv(out / "report" / "selected.csv")
+    assert sorted(selected["model.size"]) == [833, 1667]
+    assert list(selected["n_params"]) == [12 * w + 1 for w in selected["model.size"]]
+    expected = selected["baseline_test_loss"] - selected["treatment_test_loss"]  # positive = SAM better
+    assert selected["gain"].tolist() == pytest.approx(expected.tolist(), rel=1e-12)
+    assert (selected["baseline_test_loss"] > 0).all() and (selected["treatment_test_loss"] > 0).all()
+
+
+@pytest.fixture(scope="module")
+def solution_smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("solution-space")
+    page = run_solution_space("smoke", out)
+    return out, page, json.loads((out / "results.json").read_text())
+
+
+def test_solution_space_smoke_writes_functions_and_recomputable_distances(solution_smoke):
+    out, page, results = solution_smoke
+    assert page == out / "report.html"
+    for width in BUDGETS["smoke"].widths:
+        assert (out / "figures" / f"functions-width-{width}.png").read_bytes().startswith(b"\x89PNG")
+    runs = {(r["width"], r["seed"], r["method"]): r for r in results["runs"]}
+    for pair in results["pairs"]:
+        gd = torch.tensor(runs[(pair["width"], pair["seed"], "gd")]["function"])
+        sam = torch.tensor(runs[(pair["width"], pair["seed"], "sam")]["function"])
+        assert len(gd) == len(results["x"]) == BUDGETS["smoke"].grid
+        assert pair["distance"] == pytest.approx(float(((gd - sam) ** 2).mean().sqrt()), rel=1e-9)
+        assert pair["n_params"] == 3 * pair["width"] + 1
+
+
+def test_solution_space_at_rho_zero_sam_is_gd_and_sharpness_is_the_top_hessian_eigenvalue():
+    plan = replace(BUDGETS["smoke"], steps=30, rho=0.0)
+    data = sine_problem(plan.n, plan.grid, 0.0, 1.0, torch.Generator().manual_seed(0))
+    gd, sam = _train(5, 0, "gd", plan, data), _train(5, 0, "sam", plan, data)
+    assert gd["function"] == sam["function"] and gd["sharpness"] == sam["sharpness"]
+    # oracle: the model with the end point's parameters loaded, its loss's Hessian by torch.func, largest eigenvalue
+    model = two_layer(5, 1, generator=torch.Generator().manual_seed(0)).double()
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    end = torch.tensor(gd["params"], dtype=torch.float64)
+
+    def loss(*tensors):
+        out = torch.func.functional_call(model, dict(zip(names, tensors)), (data.x.double(),))
+        return ((out - data.y.double()) ** 2).mean() / 2
+
+    pieces = [p.view(shape) for p, shape in zip(end.split([s.numel() for s in shapes]), shapes)]
+    blocks = torch.func.hessian(loss, argnums=tuple(range(len(pieces))))(*pieces)
+    sizes = [p.numel() for p in pieces]
+    dense = torch.cat([torch.cat([blocks[i][j].reshape(sizes[i], sizes[j]) for j in range(len(sizes))], 1)
+                       for i in range(len(sizes))])
+    assert gd["sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(dense)[-1]), rel=1e-9)
+    assert gd["train_loss"] == pytest.approx(float(loss(*pieces)), rel=1e-9)
+
+
+def test_unknown_budget_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="unknown budget 'tiny' for the solution-space experiment"):
+        run_solution_space("tiny", tmp_path)

@@ -1,0 +1,94 @@
+"""Trend statistics of the gain against model size: Spearman, its permutation p-value, slope per decade."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from samscale.report.trend_text import TOO_FEW, trend_sentence
+from samscale.selection.select import SelectionRule
+from samscale.selection.trend import slopes, spearman, spearman_p_value, trend_table
+
+
+def by_hand_spearman(x: list[float], y: list[float]) -> float:
+    """1 − 6 Σd² / (n (n² − 1)) on ranks (valid without ties)."""
+    rank = lambda v: {value: i + 1 for i, value in enumerate(sorted(v))}  # noqa: E731
+    rx, ry = rank(x), rank(y)
+    d2 = sum((rx[a] - ry[b]) ** 2 for a, b in zip(x, y))
+    n = len(x)
+    return 1 - 6 * d2 / (n * (n * n - 1))
+
+
+def test_spearman_matches_hand_computation_with_and_without_ties():
+    x, y = [1e3, 1e4, 1e5, 1e6, 1e7], [0.2, 0.1, 0.4, 0.3, 0.5]
+    assert float(spearman(np.log10(x), np.array(y))) == pytest.approx(0.8)  # Σd² = 4: 1 − 24/120
+    assert by_hand_spearman(x, y) == pytest.approx(0.8)
+    # ties share their average rank: y ranks (1.5, 1.5, 3, 4); Pearson of the ranks = 4.5 / √(5 · 4.5) = 3/√10
+    assert float(spearman(np.arange(4.0), np.array([1.0, 1.0, 2.0, 3.0]))) == pytest.approx(3 / math.sqrt(10))
+    assert math.isnan(float(spearman(np.arange(3.0), np.ones(3))))
+
+
+def test_exact_p_value_enumerates_all_24_orderings_of_four_sizes():
+    rng = np.random.default_rng(0)
+    x = np.log10([1e3, 1e4, 1e5, 1e6])
+    assert spearman_p_value(x, np.array([0.1, 0.2, 0.3, 0.4]), rng) == pytest.approx(2 / 24)  # ρ = ±1 only
+    y = [0.2, 0.1, 0.3, 0.4]  # one adjacent swap: ρ = 1 − 6·2/60 = 0.8
+    counted = sum(abs(by_hand_spearman(list(x), [y[i] for i in order])) >= 0.8 - 1e-12
+                  for order in itertools.permutations(range(4)))
+    assert counted == 8  # identity, 3 adjacent swaps, and their 4 reversals
+    assert spearman_p_value(x, np.array(y), rng) == pytest.approx(counted / 24)
+
+
+def test_monte_carlo_p_value_beyond_eight_sizes_is_seeded_and_small_for_a_monotone_trend():
+    x = np.arange(10.0)
+    first = spearman_p_value(x, x**2, np.random.default_rng(5))
+    assert first == spearman_p_value(x, x**2, np.random.default_rng(5))
+    assert 0 < first <= 2 / 10_001  # exact value is 2/10! ≈ 5.5e-7; the estimate is (1 + hits)/(1 + draws)
+
+
+def test_slope_is_least_squares_per_decade():
+    log_params = np.log10([1e3, 1e4, 1e5])
+    assert float(slopes(log_params, np.array([0.1, 0.3, 0.5]))) == pytest.approx(0.2)
+    # OLS by hand for unequal spacing: x = (3, 4, 6), y = (0, 1, 1): Sxy = 8/9 − 1/9 + 5/9 = 4/3, Sxx = 14/3 → 2/7
+    assert float(slopes(np.array([3.0, 4.0, 6.0]), np.array([0.0, 1.0, 1.0]))) == pytest.approx(2 / 7)
+
+
+def summary(gains: dict[float, list[float]], **group) -> pd.DataFrame:
+    return pd.DataFrame([{**group, "model.size": k, "n_params": 1000 * 10**k, "n_seeds": len(g), "gain_seeds": g}
+                         for k, g in gains.items()])
+
+
+def test_trend_table_per_group_with_bootstrap_interval_and_too_few_sizes():
+    rule = SelectionRule(group_by=["data.label_noise"])
+    rising = summary({0: [0.1, 0.1, 0.1], 1: [0.3, 0.3, 0.3], 2: [0.5, 0.5, 0.5]}, **{"data.label_noise": 0.0})
+    noisy = summary({0: [0.0, 0.2, 0.1], 1: [0.5, 0.1, 0.3], 2: [0.2, 0.6, 0.4], 3: [0.9, 0.3, 0.6]},
+                    **{"data.label_noise": 0.2})
+    short = summary({0: [0.1, 0.2], 1: [0.3, 0.1]}, **{"data.label_noise": 0.4})
+    trend = trend_table(pd.concat([rising, noisy, short], ignore_index=True), rule)
+    first, second, third = trend["groups"]
+    assert first["group"] == {"data.label_noise": 0.0} and (first["n_sizes"], first["n_seeds"]) == (3, 3)
+    assert first["spearman"] == pytest.approx(1.0) and first["p_value"] == pytest.approx(2 / 6)
+    assert first["slope_per_decade"] == pytest.approx(0.2)
+    assert first["slope_ci95"] == pytest.approx([0.2, 0.2])  # no seed variance: every bootstrap slope is 0.2
+    means = [0.1, 0.3, 0.4, 0.6]
+    assert second["slope_per_decade"] == pytest.approx(float(slopes(np.arange(4.0), np.array(means))))
+    low, high = second["slope_ci95"]
+    assert low < second["slope_per_decade"] < high
+    assert second["spearman"] == pytest.approx(1.0) and second["p_value"] == pytest.approx(2 / 24)
+    assert third["spearman"] is None and third["slope_ci95"] is None and not third["enough"]
+    assert trend == trend_table(pd.concat([rising, noisy, short], ignore_index=True), rule)  # seeded
+    assert TOO_FEW in trend_sentence(third, "pp")
+    assert "grows with size" in trend_sentence(first, "pp") and "+0.200 pp" in trend_sentence(first, "pp")
+
+
+def test_study_without_groups_has_one_entry_and_an_empty_study_has_no_statistics():
+    rule = SelectionRule()
+    one = trend_table(summary({0: [0.1, 0.2], 1: [0.2, 0.1], 2: [0.0, 0.1]}), rule)
+    assert len(one["groups"]) == 1 and one["groups"][0]["group"] == {}
+    # means 0.15, 0.15, 0.05 → ranks 2.5, 2.5, 1; centred (0.5, 0.5, −1) against (−1, 0, 1): −1.5 / √(2 · 1.5)
+    assert one["groups"][0]["spearman"] == pytest.approx(-math.sqrt(3) / 2)
+    empty = trend_table(pd.DataFrame(), rule)
+    assert empty["groups"][0]["n_sizes"] == 0 and empty["groups"][0]["spearman"] is None
