@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/samscale reproduce mnist-mlp --budget cpu --out results/demo
+	$(VENV)/bin/samscale reproduce label-noise --budget cpu --out results/demo
 
 test: install
 	$(PY) -m pytest

@@ -2,21 +2,24 @@
 batch, same quantities — top-3 eigenvalues, trace, spectral density — timed side by side, each with its accuracy.
 
 Accuracy is the relative error against a converged reference computed in the same run: the top eigenvalues from
-a Lanczos run to residual 1e-10; the trace from a long deflated Hutchinson run (its standard error is printed);
-the density (MLP only) as the L1 distance to a 6-probe, 100-step SLQ density, both smoothed alike. Stochastic
+a Lanczos run to residual 1e-10; the trace from a long deflated Hutchinson run (40 steps, 60 probes; its standard
+error is printed);
+the density (MLP only) as the L1 distance to a 4-probe, 100-step SLQ density, both smoothed alike. Stochastic
 estimates are repeated over seeds and their mean absolute errors and mean times reported.
 Settings: PyHessian's defaults (power iteration with deflation, maxIter=100, tol=1e-3; Hutchinson maxIter=100,
-tol=1e-3; SLQ iter=100, n_v=1); samscale: Lanczos k=3, tol=1e-4; Hutchinson with 30 Lanczos steps of deflation
+tol=1e-3; SLQ iter=100, n_v=1); samscale: Lanczos k=3, tol=1e-4; Hutchinson with 10 Lanczos steps of deflation
 and 10 probes; SLQ 1 probe × 100 steps; its default HVP (double backward through the cached gradient graph).
 PyHessian 0.1 calls torch.eig, removed from torch 2; the benchmark supplies it from torch.linalg.eigh (T is
 symmetric, so the two agree). Models: MLP 784-128-64-10 after 100 full-batch gradient steps on 1024 random
 MNIST-shaped examples; CIFAR ResNet-18 with 8 filters, BatchNorm in eval mode, random weights, 128 examples.
+Hessian-vector products are counted on both sides (a measure of work the machine's load does not distort).
 Goal: samscale ≥ 3× faster at equal or better accuracy. The machine may be shared: load averages are printed.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import math
 import os
 import statistics
@@ -30,23 +33,44 @@ from samscale.hessian import HessianOperator, hutchinson_trace, lanczos, spectra
 from samscale.hessian.density import SpectralDensity
 
 TOP = 3
+TRACE_PROBES, TRACE_DEFLATE = 10, 10  # samscale's trace: 10 Lanczos steps of deflation, then 10 projected probes
 
 
 def _eig(matrix: torch.Tensor, eigenvectors: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.eig(T, eigenvectors=True) as PyHessian 0.1 uses it, for a symmetric T: (values as [real, imag], vectors)."""
+    """torch.eig(T, eigenvectors=True) as PyHessian 0.1 uses it, for symmetric T: ([real, imag] values, vectors)."""
     values, vectors = torch.linalg.eigh(matrix)
     return torch.stack([values, torch.zeros_like(values)], dim=1), vectors
+
+
+class Counter:
+    """Counts Hessian-vector products: a load-independent measure of work beside the wall time."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def wrap(self, fn):
+        def counted(*args, **kwargs):
+            self.count += 1
+            return fn(*args, **kwargs)
+
+        return counted
+
+
+PEER_HVPS = Counter()
 
 
 def pyhessian_class():
     """PyHessian's `hessian` class, or None when the package is not installed (pip install -e '.[bench]')."""
     try:
-        from pyhessian import hessian
+        module = importlib.import_module("pyhessian.hessian")  # the module (the package re-exports its class)
     except ImportError:
         return None
     if not hasattr(torch, "eig"):
         torch.eig = _eig
-    return hessian
+    if not hasattr(module, "_counted"):
+        module.hessian_vector_product = PEER_HVPS.wrap(module.hessian_vector_product)
+        module._counted = True
+    return module.hessian
 
 
 def models(quick: bool) -> list[tuple[str, nn.Module, tuple[torch.Tensor, torch.Tensor]]]:
@@ -100,22 +124,30 @@ def smoothed(nodes: list[torch.Tensor], weights: list[torch.Tensor], grid: torch
 
 def compare(name: str, model: nn.Module, batch, peer_cls, seeds: int, with_density: bool) -> list[tuple]:
     """Rows (model, quantity, peer s, ours s, ratio, peer error, ours error, note) for one model."""
-    op = lambda: HessianOperator(model, F.cross_entropy, batch)  # noqa: E731
-    reference_op = op()
-    reference = lanczos(reference_op, k=TOP, tol=1e-10, max_iter=300, generator=torch.Generator().manual_seed(99))
+    ours_hvps = Counter()
+
+    def op() -> HessianOperator:
+        fresh = HessianOperator(model, F.cross_entropy, batch)
+        fresh.matvec = ours_hvps.wrap(fresh.matvec)
+        return fresh
+
+    reference_op = HessianOperator(model, F.cross_entropy, batch)
+    reference = lanczos(reference_op, k=TOP, tol=1e-10, max_iter=200, generator=torch.Generator().manual_seed(99))
     top_ref = reference.eigenvalues.tolist()
-    trace_ref = hutchinson_trace(reference_op, 150, deflate=60, generator=torch.Generator().manual_seed(98))
+    trace_ref = hutchinson_trace(reference_op, 60, deflate=40, generator=torch.Generator().manual_seed(98))
     peer = Peer(peer_cls, model, batch) if peer_cls else None
     rows = []
 
     # top-3 eigenvalues
     ours, ours_s = timed(lambda: lanczos(op(), k=TOP, tol=1e-4, generator=torch.Generator().manual_seed(0)))
     ours_err = max(relative(v, r) for v, r in zip(ours.eigenvalues.tolist(), top_ref))
-    note = f"ours {ours.n_matvec} HVPs"
+    note = f"HVPs: ours {ours.n_matvec}"
     if peer:
+        PEER_HVPS.count = 0
         (theirs, _), peer_s = timed(lambda: peer(0).eigenvalues(top_n=TOP))
         peer_err = max(relative(v, r) for v, r in zip(sorted(theirs, reverse=True), top_ref))
-        rows.append((name, f"top-{TOP} eigenvalues", peer_s, ours_s, peer_err, ours_err, note))
+        rows.append((name, f"top-{TOP} eigenvalues", peer_s, ours_s, peer_err, ours_err,
+                     note + f", PyHessian {PEER_HVPS.count}"))
     else:
         rows.append((name, f"top-{TOP} eigenvalues", None, ours_s, None, ours_err, note))
 
@@ -123,7 +155,9 @@ def compare(name: str, model: nn.Module, batch, peer_cls, seeds: int, with_densi
     ours_t, ours_e, peer_t, peer_e, probes = [], [], [], [], []
     for seed in range(seeds):
         estimate, seconds = timed(
-            lambda: hutchinson_trace(op(), 10, deflate=30, generator=torch.Generator().manual_seed(seed))
+            lambda: hutchinson_trace(
+                op(), TRACE_PROBES, deflate=TRACE_DEFLATE, generator=torch.Generator().manual_seed(seed)
+            )
         )
         ours_t.append(seconds)
         ours_e.append(relative(estimate.estimate, trace_ref.estimate))
@@ -132,15 +166,16 @@ def compare(name: str, model: nn.Module, batch, peer_cls, seeds: int, with_densi
             peer_t.append(seconds)
             peer_e.append(relative(statistics.mean(values), trace_ref.estimate))
             probes.append(len(values))
-    note = f"ref ± {trace_ref.standard_error / abs(trace_ref.estimate):.1%}; ours 40 HVPs"
+    note = f"HVPs: ours {TRACE_PROBES + TRACE_DEFLATE}"
     if peer:
-        note += f"; PyHessian {statistics.mean(probes):.0f} HVPs"
+        note += f", PyHessian {statistics.mean(probes):.0f} (mean)"
+    note += f"; reference ± {trace_ref.standard_error / abs(trace_ref.estimate):.1%}"
     rows.append((name, f"trace (mean of {seeds} seeds)", statistics.mean(peer_t) if peer else None,
                  statistics.mean(ours_t), statistics.mean(peer_e) if peer else None, statistics.mean(ours_e), note))
 
     # density
     if with_density:
-        full = spectral_density(reference_op, n_runs=6, n_steps=100, generator=torch.Generator().manual_seed(97))
+        full = spectral_density(reference_op, n_runs=4, n_steps=100, generator=torch.Generator().manual_seed(97))
         grid = full.grid
         sigma = 0.01 * float(grid[-1] - grid[0])
         exact = smoothed(full.nodes, full.weights, grid, sigma)

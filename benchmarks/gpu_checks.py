@@ -41,13 +41,14 @@ class Sizes:
     """Problem sizes: the real ones on CUDA, toy ones for --cpu-dry-run."""
 
     def __init__(self, dry: bool) -> None:
-        self.filters = 4 if dry else 64
-        self.cifar_n = 512 if dry else 50_000
-        self.mnist_n = 512 if dry else 55_000
-        self.batch = 128
-        self.repetitions = 2 if dry else 20
-        self.widths = [0.25, 1] if dry else None  # None: every width of the paper budget
+        self.filters = 2 if dry else 64
+        self.cifar_n = 64 if dry else 50_000
+        self.mnist_n = 256 if dry else 55_000
+        self.batch = 16 if dry else 128
+        self.repetitions = 1 if dry else 20
+        self.widths = [0.25] if dry else None  # None: every width of the paper budget
         self.workers = 0 if dry else 4
+        self.hessian_n = 16 if dry else 256
 
 
 def synchronize(device: torch.device) -> None:
@@ -207,7 +208,7 @@ def projection(device: torch.device, sizes: Sizes) -> dict:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(sizes.mnist_n, 1, 28, 28, generator=g).to(device)
     y = torch.randint(0, 10, (sizes.mnist_n,), generator=g).to(device)
-    loader = TensorLoader(Split(x, y), 128, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = TensorLoader(Split(x, y), sizes.batch, shuffle=True, generator=torch.Generator().manual_seed(0))
     widths = sorted({s.model.size for s in specs}) if sizes.widths is None else sizes.widths
     epoch_s = {}
     for width in widths:
@@ -216,7 +217,7 @@ def projection(device: torch.device, sizes: Sizes) -> dict:
             model = build_model("mlp", width, input_shape=(1, 28, 28), num_classes=10).to(device)
             step = step_fn(model, name)
             seconds = [timed(lambda: [step(xb, yb) for xb, yb in loader], device) for _ in range(2)]
-            epoch_s[f"{width}/{name}"] = seconds[-1] * 55_000 / sizes.mnist_n
+            epoch_s[f"{width}/{name}"] = seconds[-1] * 55_000 / sizes.mnist_n * sizes.batch / 128
     total = sum(
         spec.train.epochs * epoch_s.get(f"{spec.model.size}/{spec.optim.name}", math.nan) for spec in specs
     )
@@ -228,7 +229,8 @@ def hessian(device: torch.device, sizes: Sizes) -> dict:
     from samscale.hessian import HessianOperator
 
     g = torch.Generator().manual_seed(2)
-    x, y = torch.randn(256, 3, 32, 32, generator=g), torch.randint(0, 10, (256,), generator=g)
+    n = sizes.hessian_n
+    x, y = torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
     model = resnet18(filters=min(sizes.filters, 16)).eval()
     v = torch.randn(sum(p.numel() for p in model.parameters()), generator=g)
     exact = HessianOperator(model, F.cross_entropy, (x, y), dtype=torch.float64).matvec(v.double())

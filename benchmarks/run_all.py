@@ -12,7 +12,9 @@ def main() -> int:
     names = sys.argv[1:] or sorted(p.stem for p in HERE.glob("bench_*.py"))
     for name in names:
         print(f"\n=== {name} ===", flush=True)
-        runpy.run_path(str(HERE / f"{name}.py"), run_name="__main__")
+        path = str(HERE / f"{name}.py")
+        sys.argv = [path]  # each benchmark at its defaults, not parsing the names given here
+        runpy.run_path(path, run_name="__main__")
     return 0
 
 

@@ -164,6 +164,13 @@ def test_analyze_records_the_product_it_used():
     assert pinned["lambda_max"]["value"] == pytest.approx(report["lambda_max"]["value"], rel=1e-8)
 
 
+def test_reverse_over_forward_is_refused_with_batch_statistics():
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3)).to(DT)
+    with pytest.raises(ValueError, match="rev_fwd.*bn_mode='train'"):
+        HessianOperator(model, F.cross_entropy, data(), bn_mode="train", hvp_mode="rev_fwd")
+    HessianOperator(model, F.cross_entropy, data(), bn_mode="eval", hvp_mode="rev_fwd")  # running statistics: fine
+
+
 def test_bad_cache_settings_are_named():
     model, batch = tiny_mlp(), data()
     with pytest.raises(ValueError, match="cache_bytes.*-1"):

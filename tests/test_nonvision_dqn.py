@@ -122,3 +122,48 @@ def test_dqn_rejects_a_step_schedule_and_the_recipe_expands():
     specs = study.expand()
     assert len(specs) == 4 and {s.rl.env for s in specs} == {"breakout"}
     assert RECIPES["atari-dqn"].study("cpu").base["rl"]["env"] == "breakout"
+
+
+@pytest.mark.slow
+def test_dqn_run_killed_by_sigkill_resumes_identically(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = _spec().model_copy(update={"train": _spec().train.model_copy(update={"epochs": 4})})
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    work = tmp_path / "work"
+    script = ("import sys; from samscale.spec.run import RunSpec; from samscale.train.loop import train_run; "
+              "train_run(RunSpec.model_validate_json(open(sys.argv[1]).read()), workdir=sys.argv[2])")
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "spec.json"), str(work)])
+    ckpt = checkpoint_path(work, spec.run_id)
+    try:
+        while child.poll() is None:  # kill as soon as the first epoch's checkpoint is on disk
+            if ckpt.is_file():
+                os.kill(child.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    assert load_checkpoint(ckpt)["epoch"] < 4  # killed before the end
+    resumed = train_run(spec, workdir=work)
+    whole = train_run(spec)
+    assert resumed.status == whole.status == "complete"
+    for left, right in zip(whole.history, resumed.history, strict=True):
+        assert {k: v for k, v in left.items() if k != "seconds"} == {k: v for k, v in right.items() if k != "seconds"}
+
+
+def test_rl_section_enters_the_identity_only_when_used():
+    plain = build_spec({})
+    assert "rl" not in plain.identity()
+    assert build_spec({"rl": {"steps_per_epoch": 7}}).run_id == plain.run_id  # unused settings cannot matter
+    assert build_spec({"rl": {"env": "breakout"}}).identity()["rl"]["env"] == "breakout"
+    breakout = build_spec({"rl": {"env": "breakout"}})
+    assert build_spec({"rl": {"env": "breakout", "gamma": 0.9}}).run_id != breakout.run_id
+    with pytest.raises(ConfigError, match="rl.gamma"):
+        build_spec({"rl": {"env": "breakout", "gamma": 1.5}})

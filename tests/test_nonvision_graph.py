@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("rdkit")
 
 from samscale.data import load_dataset  # noqa: E402
-from samscale.data.errors import ConfigError  # noqa: E402
+from samscale.data.errors import ConfigError, DatasetUnavailable  # noqa: E402
 from samscale.data.molecules import (  # noqa: E402
     ATOM_FEATURES,
     ELEMENTS,
@@ -107,6 +107,9 @@ def test_smiles_csv_and_sdf_readers_featurize_by_hand(tmp_path):
     (tmp_path / "bad.csv").write_text("smiles,label\nCCO,1\nnot-a-molecule,0\n")
     with pytest.raises(ValueError, match="line 3: invalid SMILES 'not-a-molecule'"):
         read_molecules(tmp_path / "bad.csv", "label")
+    with pytest.raises(DatasetUnavailable, match="not found: .*nope.csv"):
+        build_molecules(root=str(tmp_path), download=False, augment=False, train_file="train.csv",
+                        test_file="nope.csv", label="label")
     with pytest.raises(ConfigError, match="needs option train_file"):
         build_molecules(root=str(tmp_path), download=False, augment=False, test_file="t.csv", label="y")
 

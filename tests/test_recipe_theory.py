@@ -13,12 +13,15 @@ from samscale.cli import main
 from samscale.data.synthetic import sine_problem
 from samscale.errors import ConfigError
 from samscale.experiments.solution_space.run import BUDGETS, _train, run_solution_space
+from samscale.data import DatasetUnavailable, load_dataset
 from samscale.experiments.convergence.dynamics import network_problem
+from samscale.experiments.linearized.run import linearize, run_linearized
+from samscale.models.mlp import mlp
 from samscale.models.regression import two_layer
 from samscale.recipes import get_recipe, recipe_path
 from samscale.spec.study import load_study
 
-THEORY_RECIPES = ("convergence", "solution-space", "synthetic")
+THEORY_RECIPES = ("convergence", "solution-space", "synthetic", "linearized", "two-layer")
 
 
 def test_reproduce_list_shows_the_theory_recipes(capsys):
@@ -99,3 +102,74 @@ def test_solution_space_at_rho_zero_sam_is_gd_and_sharpness_is_the_top_hessian_e
 def test_unknown_budget_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="unknown budget 'tiny' for the solution-space experiment"):
         run_solution_space("tiny", tmp_path)
+
+
+def test_linearized_model_equals_the_first_order_taylor_expansion_with_an_explicit_jacobian():
+    model = mlp((6, 4), 5, 3, generator=torch.Generator().manual_seed(0)).double()
+    params0 = {k: v.detach() for k, v in model.named_parameters()}
+    x = torch.randn(7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    moved = {k: v + 0.3 * torch.randn(v.shape, dtype=torch.float64, generator=g) for k, v in params0.items()}
+    names = list(params0)
+
+    def flat_forward(*tensors):
+        return torch.func.functional_call(model, dict(zip(names, tensors)), (x,))
+
+    jac = torch.autograd.functional.jacobian(flat_forward, tuple(params0.values()))
+    expected = flat_forward(*params0.values()) + sum(
+        (j.reshape(7, 3, -1) @ (moved[k] - params0[k]).reshape(-1)) for j, k in zip(jac, names))
+    torch.testing.assert_close(linearize(model, params0)(moved, x), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(linearize(model, params0)(params0, x), flat_forward(*params0.values()))
+    # a genuinely non-linear network differs from its linearization away from w0
+    assert not torch.allclose(flat_forward(*moved.values()), expected)
+
+
+def _mnist_available() -> bool:
+    try:
+        load_dataset("mnist", val_size=0, train_subset=10)
+    except DatasetUnavailable:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _mnist_available(), reason="MNIST is not installed here")
+def test_linearized_smoke_reports_both_regimes_and_gains_recomputed_from_runs(tmp_path):
+    page = run_linearized("smoke", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert page.exists() and (tmp_path / "figures" / "accuracy.png").exists()
+    runs = pd.DataFrame(results["runs"])
+    assert sorted(set(runs["regime"])) == ["linearized", "standard"] and len(runs) == 4
+    for row in results["summary"]:
+        mine = runs[runs["regime"] == row["regime"]].set_index("method")["test_acc"]
+        assert row["gain_points_mean"] == pytest.approx(mine["sam"] - mine["sgd"], abs=1e-9)
+        assert row["gain_relative_pct_mean"] == pytest.approx(100 * (mine["sam"] - mine["sgd"]) / mine["sgd"])
+
+
+def test_two_layer_network_data_and_exponent_fit_against_hand_computations():
+    from samscale.experiments.two_layer.run import BUDGETS as TWO_LAYER, fit_exponent, network, patch_data
+
+    w = torch.tensor([[[1.0, -1.0], [0.5, 2.0]], [[-1.0, 1.0], [1.0, 0.0]]], dtype=torch.float64)  # (2, m=2, d=2)
+    x = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)  # patches (2, 0) and (0, 1)
+    # F₊ = (relu(2) + relu(-1) + relu(1) + relu(2)) / 2 = 2.5; F₋ = (relu(-2) + relu(1) + relu(2) + relu(0)) / 2 = 1.5
+    assert float(network(w, x)) == pytest.approx(1.0)
+    plan = replace(TWO_LAYER["smoke"], d=7)
+    x, y = patch_data(plan, 50, torch.Generator().manual_seed(0))
+    assert x.shape == (50, 2, 7) and set(y.tolist()) == {-1.0, 1.0}
+    torch.testing.assert_close(x[:, 0, 0], plan.signal * y)
+    assert float(x[:, 0, 1:].abs().max()) == 0 and float(x[:, 1, 0].abs().max()) == 0  # ξ ⟂ μ
+    assert fit_exponent([2, 4, 8, 16], [3 / m for m in (2, 4, 8, 16)]) == pytest.approx(-1.0)
+    assert fit_exponent([2, 4], [0.5, 0.0]) != fit_exponent([2, 4], [0.5, 0.0])  # NaN: one positive point
+
+
+def test_two_layer_smoke_writes_exponents_matching_its_table(tmp_path):
+    from samscale.experiments.two_layer.run import fit_exponent, run_two_layer
+
+    run_two_layer("smoke", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    summary = pd.DataFrame(results["summary"])
+    for method, exponent in results["exponents"].items():
+        mine = summary[summary["method"] == method]
+        expected = fit_exponent(list(mine["width"]), list(mine["mean"]))
+        assert exponent == pytest.approx(expected, nan_ok=True)
+    runs = pd.DataFrame(results["runs"])
+    assert runs.groupby(["width", "method"])["test_error"].mean().tolist() == pytest.approx(summary["mean"].tolist())

@@ -49,7 +49,8 @@ def test_paper_ladders():
     assert LADDERS["mlp"] == (0.25, 0.5, 1, 4, 10)
     assert LADDERS["resnet18"] == (4, 8, 16, 32, 64, 128, 256)
     assert LADDERS["resnet50"] == (16, 32, 48, 56, 64)
-    assert set(LADDERS) == set(FAMILIES) == {"mlp", "resnet18", "resnet50", "resnet", "vit", "two_layer"}
+    assert set(LADDERS) == set(FAMILIES) == {"mlp", "resnet18", "resnet50", "resnet", "vit", "two_layer", "gcn", "dqn",
+                                             "lstm"}
     vit_counts = [param_count("vit", s) for s in LADDERS["vit"]]
     assert vit_counts == sorted(vit_counts) and 1e4 <= vit_counts[0] and vit_counts[-1] <= 1e6
     two_layer_counts = [param_count("two_layer", s) for s in LADDERS["two_layer"]]

@@ -16,6 +16,7 @@ from samscale.report import paper_gains, write_report
 from samscale.report.figures import build_plots, gain_label, save_plot, with_paper
 from samscale.report.render import NO_RUNS
 from samscale.report.tables import format_value, markdown_table
+from samscale.report.trend_text import default_text
 from samscale.selection.select import SelectionRule, rho_table, select, summarize
 from samscale.spec.run import build_spec
 from samscale.store import RunStore
@@ -230,13 +231,16 @@ def test_three_sizes_give_a_trend_sentence_with_the_slope(tmp_path):
     assert "the gain grows with size" in page.read_text() and "+0.200 pp per tenfold" in page.read_text()
 
 
-def test_default_rho_outside_the_grid_is_said_and_left_empty(tmp_path):
+def test_default_rho_outside_the_grid_is_said_and_left_empty():
     frame = study(pending=False)
     rule = SelectionRule(group_by=["data.label_noise"], default={"optim.rho": 0.1})
-    write_report(tmp_path, title="t", frame=frame, rule=rule, header={})
-    summary = pd.read_csv(tmp_path / "summary.csv")
+    summary = summarize(select(frame, rule), rule)
     assert summary["default_gain_mean"].isna().all() and not summary["default_in_grid"].any()
-    assert "ρ = 0.1 is not in the grid at no size; its column is empty there" in (tmp_path / "report.md").read_text()
+    assert default_text(rule, summary) == "ρ = 0.1 is not in the grid at no size; its column is empty there"
+    in_grid = SelectionRule(group_by=["data.label_noise"])  # ρ = 0.05 by default, which the grid has
+    assert summarize(select(frame, in_grid), in_grid)["default_gain_mean"].tolist() == pytest.approx(
+        [1.5, 2.25, 3.5, 4.25])
+    assert "ρ = 0.05, not tuned" in default_text(in_grid, summarize(select(frame, in_grid), in_grid))
 
 
 def test_runs_frame_reads_specs_without_validation_and_matches_pydantic(tmp_path):

@@ -88,7 +88,7 @@ def test_study_without_groups_has_one_entry_and_an_empty_study_has_no_statistics
     rule = SelectionRule()
     one = trend_table(summary({0: [0.1, 0.2], 1: [0.2, 0.1], 2: [0.0, 0.1]}), rule)
     assert len(one["groups"]) == 1 and one["groups"][0]["group"] == {}
-    # means 0.15, 0.15, 0.05 → ranks 2.5, 2.5, 1; centred (0.5, 0.5, −1) against (−1, 0, 1): −1.5 / √(2 · 1.5)
+    # means 0.15, 0.15, 0.05 → ranks 2.5, 2.5, 1; centred (0.5, 0.5, −1) vs (−1, 0, 1): −1.5 / √(2 · 1.5)
     assert one["groups"][0]["spearman"] == pytest.approx(-math.sqrt(3) / 2)
     empty = trend_table(pd.DataFrame(), rule)
     assert empty["groups"][0]["n_sizes"] == 0 and empty["groups"][0]["spearman"] is None

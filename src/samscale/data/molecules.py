@@ -57,8 +57,8 @@ def _rdkit():
     try:
         from rdkit import Chem, RDLogger
     except ImportError:
-        raise DatasetUnavailable("molecule datasets need RDKit: pip install rdkit (or pip install 'samscale[graphs]')") \
-            from None
+        message = "molecule datasets need RDKit: pip install rdkit (or pip install 'samscale[graphs]')"
+        raise DatasetUnavailable(message) from None
     RDLogger.DisableLog("rdApp.*")
     return Chem
 
@@ -222,6 +222,10 @@ def build_molecules(
         if not isinstance(value, str) or not value:
             raise ConfigError(f"dataset 'molecules' needs option {name} (a non-empty string), got {value!r}")
     train_path, test_path = _resolve(train_file, root), _resolve(test_file, root)
+    missing = [str(p) for p in (train_path, test_path) if not p.is_file()]
+    if missing:
+        raise DatasetUnavailable(f"dataset 'molecules': file(s) not found: {', '.join(missing)} (relative paths are "
+                                 f"read from {dataset_dir('molecules', root)})")
     train = read_molecules(train_path, label, smiles_column)
     test = read_molecules(test_path, label, smiles_column)
     return molecule_source(train, test, max_nodes, f"molecules from {train_path} and {test_path} (label {label!r})")

@@ -8,8 +8,9 @@
   lexicon that keeps what makes SST-2 a sequence task rather than a bag of words: a few sentiment words (score ±1,
   ±2) among Zipf-distributed neutral filler, where a negator ("not", "never", "hardly") flips the sentiment word that
   follows it and an intensifier ("very", "really") doubles it; the label is the sign of the summed score (sentences
-  scoring 0 are redrawn). The vocabulary (8,000 neutral, 400 sentiment words) and lengths (6–30 tokens) are of
-  SST-2's order. Both are generated deterministically from `seed`.
+  scoring 0 are redrawn). Neutral words (8,000) and the 50 words of each sentiment class (±1, ±2) are
+  Zipf-distributed, as word frequencies are; vocabulary and lengths (6–30 tokens) are of SST-2's order. Generated
+  deterministically from `seed`.
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def sentence_source(
 
     return SourceDataset(
         train=split(train), test=split(test), task="classification", num_classes=2, output_dim=2,
-        input_shape=(max_len, len(vocab) + len(SPECIALS)), source=f"{source}; vocabulary {len(vocab) + len(SPECIALS)} ids, max_len {max_len}",
+        input_shape=(max_len, len(vocab) + len(SPECIALS)),
+        source=f"{source}; vocabulary {len(vocab) + len(SPECIALS)} ids, max_len {max_len}",
         substitute_for=substitute_for,
     )
 
@@ -81,10 +83,12 @@ def build_sst2(*, root: str | None, download: bool, augment: bool, max_vocab: in
 
 
 def generate_sentiment(n: int, rng: np.random.Generator, neutral: int = 8000,
-                       sentiment: int = 200) -> tuple[list[list[str]], list[int]]:
+                       sentiment: int = 50) -> tuple[list[list[str]], list[int]]:
     """`n` generated sentences and labels (see the module docstring); deterministic in `rng`'s state."""
     cdf = np.cumsum(1.0 / np.arange(1, neutral + 1) ** 1.1)
     cdf /= cdf[-1]
+    lexicon_cdf = np.cumsum(1.0 / np.arange(1, sentiment + 1))  # sentiment words: Zipf(1) within each class
+    lexicon_cdf /= lexicon_cdf[-1]
     sentences, labels = [], []
     while len(sentences) < n:
         length = int(rng.integers(6, 31))
@@ -93,7 +97,8 @@ def generate_sentiment(n: int, rng: np.random.Generator, neutral: int = 8000,
         score = 0
         for position in sorted(rng.choice(length - 1, size=int(rng.integers(1, 4)), replace=False), reverse=True):
             polarity, strength = (1 if rng.random() < 0.5 else -1), (2 if rng.random() < 0.3 else 1)
-            word = f"{'pos' if polarity > 0 else 'neg'}{strength}_{int(rng.integers(sentiment)):03d}"
+            rank = min(int(np.searchsorted(lexicon_cdf, rng.random())), sentiment - 1)
+            word = f"{'pos' if polarity > 0 else 'neg'}{strength}_{rank:03d}"
             value = polarity * strength
             modifier = rng.random()
             if modifier < 0.25:

@@ -1,8 +1,8 @@
 """The curvature of a trained minimum that the linear-stability theory constrains: a = λ_max(H) and s₂, s₃, s₄.
 
 H is the Hessian of the mean training loss over all given examples; s_k = λ_max(S_k)^{1/k} with S_k = M_k − H^k and
-M_k = (1/n) Σ_i H_i^k the per-example moments (docs/PROTOCOL.md §6). Everything is evaluated in eval mode by Hessian-vector
-products (`samscale.hessian`); no Hessian is formed and the model is not modified.
+M_k = (1/n) Σ_i H_i^k the per-example moments (docs/PROTOCOL.md §6). Everything is evaluated in eval mode by
+Hessian-vector products (`samscale.hessian`); no Hessian is formed and the model is not modified.
 """
 from __future__ import annotations
 

@@ -309,7 +309,9 @@ class RetainedGradient:
             terms = [(g * tangent[n]).sum() for n, g in zip(leaves, self.grads) if g is not None and g.requires_grad]
             if not terms:
                 return {n: torch.zeros_like(t) for n, t in leaves.items()}
-            second = torch.autograd.grad(sum(terms), list(leaves.values()), retain_graph=retain_graph, allow_unused=True)
+            second = torch.autograd.grad(
+                sum(terms), list(leaves.values()), retain_graph=retain_graph, allow_unused=True
+            )
         return {n: torch.zeros_like(leaves[n]) if s is None else s for n, s in zip(leaves, second)}
 
 

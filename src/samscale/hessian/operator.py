@@ -71,6 +71,10 @@ def apply(op: LinearOperator, vector: Tensor) -> Tensor:
     return op.matvec(vector.to(device=op.device, dtype=op.dtype)).to(vector.dtype)
 
 
+def _has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 class HessianOperator(LinearOperator):
     """The Hessian of the mean loss over fixed batches, H = ∇²f(w), applied by Hessian-vector products.
 
@@ -78,17 +82,18 @@ class HessianOperator(LinearOperator):
     HVPs are summed batch by batch without per-example Hessians. Modes (`hvp_mode`), all giving the same product:
     "double_backward" (∇(gᵀv) through the gradient's graph), "fwd_rev" (forward-over-reverse, torch.func.jvp of
     torch.func.grad), "rev_fwd" (reverse-over-forward), and the default "auto": double backward with the graphs
-    cached when they fit in `cache_bytes` (on CPU the fastest, ~1.7× forward-over-reverse per product once cached;
-    benchmarks/bench_hessian.py), falling back to another mode where double backward is not exact: an error while
+    cached when they fit in `cache_bytes` (on CPU the fastest per product once cached; benchmarks/bench_hessian.py
+    measures it), falling back to another mode where double backward is not exact: an error while
     building or applying the graph switches to forward-over-reverse; through a custom autograd.Function (whose
     backward may be once-differentiable and silently drop terms) the first product is also computed
     reverse-over-forward, once, a disagreement switching to that mode (`fallback_reason` says why). Not checked:
-    reverse-over-forward is wrong in torch 2.13 through BatchNorm with batch statistics (bn_mode="train"), so a
-    custom Function and bn_mode="train" together should pin a mode after checking it. `mode_used` says what was chosen (e.g. "double_backward+cache").
+    reverse-over-forward is wrong in torch 2.13 through BatchNorm with batch statistics (bn_mode="train"; refused
+    when asked for by name), so a custom Function and bn_mode="train" together should pin a mode after checking it. `mode_used` says what was
+    chosen (e.g. "double_backward+cache").
     `cache` (double backward only): True keeps every batch's gradient graph from the first product on, so each
     product is one backward pass; False rebuilds it per product; None (default) caches when the graphs' memory,
-    measured on the first batch and scaled by the number of examples, is at most `cache_bytes`. BatchNorm in
-    either `bn_mode` is exact in every mode: "eval" uses running statistics, "train" batch statistics (not updated).
+    measured on the first batch and scaled by the number of examples, is at most `cache_bytes`. BatchNorm: "eval"
+    uses running statistics, "train" batch statistics (not updated).
     The parameters are a snapshot taken at construction; the model is never modified.
     """
 
@@ -110,6 +115,11 @@ class HessianOperator(LinearOperator):
             raise ValueError(
                 f"cache=True needs hvp_mode='double_backward' or 'auto' (the modes that reuse a gradient graph), "
                 f"got {hvp_mode!r}"
+            )
+        if hvp_mode == "rev_fwd" and bn_mode == "train" and _has_batch_norm(model):
+            raise ValueError(
+                "hvp_mode='rev_fwd' gives wrong products through BatchNorm with bn_mode='train' (torch 2.13's "
+                "reverse-over-forward through batch statistics); use 'auto', 'double_backward' or 'fwd_rev'"
             )
         if not cache_bytes >= 0:
             raise ValueError(f"cache_bytes must be a non-negative number of bytes, got {cache_bytes!r}")

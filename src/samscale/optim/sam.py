@@ -118,7 +118,7 @@ class SAM(Optimizer):
         all_params: list[Tensor] = []
         all_saved: list[Tensor] = []
         for (group, params), (_, t2_gs) in zip(groups, directions):
-            scale = group["rho"] if norm is None else group["rho"] / (norm + self.norm_eps)
+            scale = group["rho"] if norm is None else _ascent_scale(group["rho"], norm, self.norm_eps)
             perturbed = self._spare_buffers(params)
             _add_scaled_into(perturbed, params, t2_gs, scale)
             for p, w_plus_eps in zip(params, perturbed):  # swap storages: w is kept as it is, nothing copied
@@ -296,6 +296,13 @@ def _ascent_directions(params: list[Tensor], adaptive: bool, eta: float) -> tupl
     return t_gs, t2_gs
 
 
+def _ascent_scale(rho: float, norm: Tensor, norm_eps: float) -> float | Tensor:
+    """ρ / (‖g‖ + eps): a Python float on the CPU (read without a device sync), a tensor elsewhere."""
+    if norm.device.type == "cpu":
+        return rho / (norm.item() + norm_eps)
+    return rho / (norm + norm_eps)
+
+
 def _add_scaled_into(out: list[Tensor], params: list[Tensor], tensors: list[Tensor], scale: float | Tensor) -> None:
     """out = params + scale · tensors: one pass per tensor on the CPU (the scale is read without a device sync)."""
     if isinstance(scale, Tensor):
@@ -311,11 +318,13 @@ def _add_scaled_into(out: list[Tensor], params: list[Tensor], tensors: list[Tens
 def _global_norm(tensors: list[Tensor]) -> Tensor:
     """One L2 norm over all entries of all tensors, in the widest dtype among them."""
     norms = torch._foreach_norm(tensors)
-    dtype = norms[0].dtype
-    for n in norms[1:]:
-        dtype = torch.promote_types(dtype, n.dtype)
-    device = norms[0].device
-    return torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=dtype) for n in norms]))
+    first = norms[0]
+    if any(n.dtype != first.dtype or n.device != first.device for n in norms):
+        dtype = first.dtype
+        for n in norms[1:]:
+            dtype = torch.promote_types(dtype, n.dtype)
+        norms = [n.to(device=first.device, dtype=dtype) for n in norms]
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def _check_base_optimizer(base_cls: Any, base_kwargs: dict[str, Any]) -> None:

@@ -98,6 +98,18 @@ def _solution_space(budget: str, out: Path, on_progress: Callable[[str], None] |
     return run_solution_space(budget, out, on_progress=on_progress)
 
 
+def _linearized(budget: str, out: Path, on_progress: Callable[[str], None] | None = None) -> Path:
+    from samscale.experiments.linearized.run import run_linearized
+
+    return run_linearized(budget, out, on_progress=on_progress)
+
+
+def _two_layer(budget: str, out: Path, on_progress: Callable[[str], None] | None = None) -> Path:
+    from samscale.experiments.two_layer.run import run_two_layer
+
+    return run_two_layer(budget, out, on_progress=on_progress)
+
+
 EARLY_STOPPING_DIR = "early-stopping"
 """Sub-folder of the regularization recipe's second report: the same runs read at their best-validation epoch."""
 
@@ -146,6 +158,14 @@ RECIPES: dict[str, StudyRecipe | CombinedRecipe | FunctionRecipe] = {
     ),
     "synthetic": StudyRecipe(
         "synthetic", "SAM − Adam test loss vs #params (1–10 × 10⁴), two-layer MLP teacher–student regression"
+    ),
+    "linearized": FunctionRecipe(
+        "linearized", "SAM vs SGD on the linearized MLP f(w₀) + J(w₀)(w − w₀) (jvp) beside the MLP itself, MNIST subset",
+        _linearized,
+    ),
+    "two-layer": FunctionRecipe(
+        "two-layer", "GD vs SAM test error vs width, two-layer ReLU net on signal + noise patches with label flips "
+        "(fitted exponent vs the 1/m claim)", _two_layer,
     ),
     "solution-space": FunctionRecipe(
         "solution-space", "1-D regression, 10 vs 100 ReLU neurons: distance between the GD and SAM functions, "

@@ -20,7 +20,6 @@ Conventions:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +87,7 @@ class Prepared:
 
 
 def prepare(frame: pd.DataFrame, rule: SelectionRule) -> Prepared:
-    """Validate the frame against the rule and choose each arm's setting per (group…, size) on seed-mean validation."""
+    """Validate the frame against the rule; choose each arm's setting per (group…, size) on seed-mean validation."""
     _check_runs_frame(frame, rule)
     base_mask, treat_mask = _arm_mask(frame, rule.baseline, "baseline"), _arm_mask(frame, rule.treatment, "treatment")
     if (both := frame.loc[base_mask & treat_mask, "run_id"]).any():

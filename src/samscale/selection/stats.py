@@ -35,13 +35,6 @@ def t_quantile_975(df: int) -> float:
     return z + sum(term / df ** (power + 1) for power, term in enumerate(terms))
 
 
-def sample_std(values: np.ndarray) -> float:
-    """Sample standard deviation (ddof=1); 0 for one value, NaN for none."""
-    if len(values) == 0:
-        return math.nan
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
 def grouped_stats(values: pd.Series, by: list[pd.Series] | list[str], prefix: str) -> pd.DataFrame:
     """Per group of `values` (NaN dropped): `<prefix>_mean`, `_std` (ddof=1; 0 for one value), `_ci95` (Student-t
     95% half-width; NaN below two values) and `n`. Groups whose values are all NaN get n = 0 and NaN statistics."""

@@ -100,7 +100,7 @@ class SelectionRule(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err, prefix="selection.")) from None
+            raise ConfigError(format_validation_error(err, prefix="selection.", model=cls)) from None
 
     @property
     def maximize(self) -> bool:

@@ -312,24 +312,29 @@ class RunStore:
         analyses: dict[str, dict[str, Any]] = {}
         for r in analysis_rows:
             analyses.setdefault(r["run_id"], {})[f"analysis.{r['name']}"] = json.loads(r["value"])
-        fields = _spec_fields()
-        records = []
+        if not rows:
+            return pd.DataFrame()
+        flats = []
         for r in rows:
-            flat = flatten(json.loads(r["spec"]))
-            if flat.keys() != fields:
+            flat = _flat_sections(json.loads(r["spec"]))
+            if flat.keys() != _spec_fields():
                 flat = flatten(RunSpec.model_validate_json(r["spec"]).model_dump(mode="json"))
-            record: dict[str, Any] = {"run_id": r["run_id"], "status": r["status"], "label": _label(flat)}
-            record.update(flat)
-            record.update(n_params=r["n_params"], epochs=flat["train.epochs"], epochs_done=r["epochs_done"],
-                          attempts=r["attempts"], code_version=r["code_version"])
-            record.update(json.loads(r["final"]) if r["final"] else {})
-            record["error"] = r["error"]
-            record.update(analyses.get(r["run_id"], {}))
-            records.append(record)
-        frame = pd.DataFrame.from_records(records)
-        for column in [f"{kind}_{m}" for kind in ("final", "best") for m in METRICS]:
-            if column not in frame and not frame.empty:
-                frame[column] = float("nan")
+            flats.append(flat)
+        columns: dict[str, list[Any]] = {"run_id": [r["run_id"] for r in rows], "status": [r["status"] for r in rows],
+                                         "label": [_label(flat) for flat in flats]}
+        columns.update({key: [flat[key] for flat in flats] for key in flats[0]})
+        columns.update({name: [r[name] for r in rows] for name in ("n_params", "epochs_done", "attempts",
+                                                                    "code_version")})
+        columns["epochs"] = columns["train.epochs"]
+        frame = pd.DataFrame(columns)
+        finals = pd.DataFrame.from_records([json.loads(r["final"]) if r["final"] else {} for r in rows])
+        for column in [c for c in finals.columns if c in frame.columns]:  # the final summary has the last word
+            frame[column] = finals.pop(column).combine_first(frame[column])
+        extra = pd.DataFrame.from_records([analyses.get(r["run_id"], {}) for r in rows])
+        frame = pd.concat([frame, finals, pd.DataFrame({"error": [r["error"] for r in rows]}), extra], axis=1)
+        missing = [f"{kind}_{m}" for kind in ("final", "best") for m in METRICS if f"{kind}_{m}" not in frame]
+        if missing:
+            frame = pd.concat([frame, pd.DataFrame(float("nan"), index=frame.index, columns=missing)], axis=1)
         return frame
 
 
@@ -337,6 +342,20 @@ class RunStore:
 def _spec_fields() -> frozenset[str]:
     """The dotted field names of a current RunSpec (what a spec read from the store must have to skip validation)."""
     return frozenset(RunSpec().flat())
+
+
+def _flat_sections(tree: dict[str, Any]) -> dict[str, Any]:
+    """`flatten` for the two levels of a stored spec (section → field), several times faster on 100k runs.
+
+    A spec with deeper nesting comes out with other keys than `_spec_fields()` and is then validated instead.
+    """
+    flat: dict[str, Any] = {}
+    for section, fields in tree.items():
+        if isinstance(fields, dict) and fields:
+            flat.update({f"{section}.{key}": value for key, value in fields.items()})
+        else:
+            flat[section] = fields
+    return flat
 
 
 def _label(flat: dict[str, Any]) -> str:
