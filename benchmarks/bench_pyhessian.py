@@ -65,8 +65,7 @@ def pyhessian_class():
         module = importlib.import_module("pyhessian.hessian")  # the module (the package re-exports its class)
     except ImportError:
         return None
-    if not hasattr(torch, "eig"):
-        torch.eig = _eig
+    torch.eig = _eig  # torch 2 keeps only a stub of it that raises
     if not hasattr(module, "_counted"):
         module.hessian_vector_product = PEER_HVPS.wrap(module.hessian_vector_product)
         module._counted = True
@@ -208,6 +207,11 @@ def main() -> None:
     rows = []
     for index, (name, model, batch) in enumerate(models(args.quick)):
         rows += compare(name, model, batch, peer_cls, args.seeds, with_density=index == 0)
+        print_table(rows)
+    print(f"\ntotal {time.perf_counter() - began:.0f} s   load average at end: {os.getloadavg()[0]:.2f}")
+
+
+def print_table(rows: list[tuple]) -> None:
     print("\nspeed = PyHessian seconds / samscale seconds (goal ≥ 3×); error = relative error vs the reference")
     header = ("model", "quantity", "PyHessian s", "samscale s", "speed", "PyH. error", "ours error", "note")
     print("{:<28} {:<26} {:>11} {:>10} {:>7} {:>10} {:>10}  {}".format(*header))
@@ -216,8 +220,7 @@ def main() -> None:
         speed = "-" if peer_s is None else f"{peer_s / ours_s:.1f}×"
         peer_err_text = "-" if peer_err is None else f"{peer_err:.1e}"
         print(f"{name:<28} {quantity:<26} {peer_text:>11} {ours_s:>10.2f} {speed:>7} {peer_err_text:>10} "
-              f"{ours_err:>10.1e}  {note}")
-    print(f"\ntotal {time.perf_counter() - began:.0f} s   load average at end: {os.getloadavg()[0]:.2f}")
+              f"{ours_err:>10.1e}  {note}", flush=True)
 
 
 if __name__ == "__main__":

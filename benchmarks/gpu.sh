@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # One prepared run on a lent CUDA machine, well under 10 minutes: the CUDA tests, then benchmarks/gpu_checks.py
 # (SAM/SGD step ratio, resident vs DataLoader ResNet-18 epoch, bf16 / channels-last / torch.compile smoke checks,
-# the mnist-mlp paper budget's projected time, Hessian products on CUDA). Results go to $OUT (or ./gpu-results):
+# the mnist-mlp paper budget's projected time, Hessian products on CUDA). Results go to $OUT (or /tmp/gpu-results):
 # gpu_results.json, gpu_results.md, and the logs. Run from the repository root:  bash benchmarks/gpu.sh
 # The machine's python3 must hold torch; missing pure-Python dependencies (pydantic, …) can come as wheels in
 # .whl/ (installed into /tmp/site, put on PYTHONPATH). --cpu-dry-run runs the Python part on the CPU at toy sizes.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-$PWD/gpu-results}"
+OUT="${OUT:-/tmp/gpu-results}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 DRY=""

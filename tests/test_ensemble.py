@@ -157,6 +157,9 @@ def test_pack_planning_and_what_cannot_be_packed(tiny_config):
     assert "m-sharpness" in unpackable_reason(m_sharp)
     assert "sparsity" in unpackable_reason(specs[8]) and "adam" in unpackable_reason(specs[9])
     assert pack_key(group[0]) == pack_key(group[5]) != pack_key(lone)
+    n_params = 784 * 75 + 75 + 75 * 25 + 25 + 25 * 10 + 10  # counted on the MLP family's default 28x28 input
+    assert [len(p) for p in plan_packs(group, max_pack_params=2 * n_params)[0]] == [2, 2, 2]
+    assert plan_packs(group, max_pack_params=2 * n_params - 1) == ([], group)  # too big to pack: one by one
     with pytest.raises(ValueError, match="cannot be packed: m-sharpness"):
         train_ensemble([group[0], m_sharp])
     with pytest.raises(ValueError, match="must agree"):

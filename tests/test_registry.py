@@ -132,10 +132,10 @@ def test_build_model_is_seeded_by_its_generator():
 
 
 def test_errors_list_the_valid_choices():
-    with pytest.raises(UnknownFamilyError, match="unknown model family 'resnet101'; valid: mlp, resnet, resnet18"):
+    with pytest.raises(UnknownFamilyError, match="unknown model family 'resnet101'; valid: dqn, gcn, lstm, mlp, resnet"):
         build_model("resnet101", 64)
     with pytest.raises(KeyError):
-        param_count("lstm", 1)
+        param_count("transformer", 1)
     with pytest.raises(ValueError, match=r"invalid mlp size -1.*0.25, 0.5, 1, 4, 10"):
         param_count("mlp", -1)
     with pytest.raises(ValueError, match=r"invalid resnet size 50.*10, 18, 34"):

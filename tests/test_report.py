@@ -228,7 +228,7 @@ def test_three_sizes_give_a_trend_sentence_with_the_slope(tmp_path):
     assert entry["slope_per_decade"] == pytest.approx(0.2) and entry["p_value"] == pytest.approx(1 / 3)
     low, high = entry["slope_ci95"]
     assert low <= 0.2 <= high and high - low < 0.05  # seeds differ by 0.01–0.02 pp only
-    assert "the gain grows with size" in page.read_text() and "+0.200 pp per tenfold" in page.read_text()
+    assert "the slope is positive" in page.read_text() and "+0.200 pp per tenfold" in page.read_text()
 
 
 def test_default_rho_outside_the_grid_is_said_and_left_empty():

@@ -64,8 +64,12 @@ def test_sweep_refuses_runs_of_another_code_version_by_default(tiny_config, tmp_
     study = _study(tiny_config)
     sweep(study, tmp_path, SerialExecutor())
     _set_versions(tmp_path, OLD_VERSION)
+    (tmp_path / "study.yaml").write_text("changed by hand\n")
+    before = store_path(tmp_path).read_bytes()
     with pytest.raises(ConfigError, match=r"2 finished runs .* 0\.0\.1\+g0123456789ab.*--reuse-other-versions"):
         sweep(study, tmp_path, SerialExecutor())
+    assert store_path(tmp_path).read_bytes() == before  # refused before anything was written
+    assert (tmp_path / "study.yaml").read_text() == "changed by hand\n"
     frame = RunStore(store_path(tmp_path)).runs_frame()
     assert (frame["attempts"] == 1).all() and (frame["code_version"] == OLD_VERSION).all()
 

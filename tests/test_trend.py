@@ -81,7 +81,10 @@ def test_trend_table_per_group_with_bootstrap_interval_and_too_few_sizes():
     assert third["spearman"] is None and third["slope_ci95"] is None and not third["enough"]
     assert trend == trend_table(pd.concat([rising, noisy, short], ignore_index=True), rule)  # seeded
     assert TOO_FEW in trend_sentence(third, "pp")
-    assert "grows with size" in trend_sentence(first, "pp") and "+0.200 pp" in trend_sentence(first, "pp")
+    # 3 sizes: the slope interval excludes 0, but no ordering of 3 sizes can reach p < 0.05
+    assert "slope is positive" in trend_sentence(first, "pp") and "+0.200 pp" in trend_sentence(first, "pp")
+    assert "grows with size" in trend_sentence({**first, "p_value": 0.01}, "pp")
+    assert "no clear trend" in trend_sentence({**second, "slope_ci95": [-0.1, 0.3]}, "pp")
 
 
 def test_study_without_groups_has_one_entry_and_an_empty_study_has_no_statistics():

@@ -14,17 +14,10 @@ from samscale.hessian.objective import Batch, LossFn, as_batches
 from samscale.hessian.operator import HessianOperator
 from samscale.hessian.sharpness import average_case_sharpness, worst_case_sharpness
 from samscale.hessian.trace import frobenius_norm, hutchinson_trace
+from samscale.spec.catalog import ANALYSIS_NAMES
 
-ANALYSES = (
-    "lambda_max",
-    "trace",
-    "frobenius",
-    "moments",
-    "density",
-    "nonuniformity",
-    "worst_case_sharpness",
-    "average_case_sharpness",
-)
+#: The analyses `analyze` can run; the spec validates `analysis.what` against the same list.
+ANALYSES = ANALYSIS_NAMES
 
 
 def analyze(

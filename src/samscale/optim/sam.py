@@ -42,7 +42,9 @@ class SAM(Optimizer):
     on either object sets the same learning rates.
 
     Typical use: ``SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, weight_decay=5e-4)``
-    driven by ``sam_update`` (which also keeps BatchNorm statistics out of the perturbed pass).
+    driven by ``sam_update`` (which also keeps BatchNorm statistics out of the perturbed pass). Mixed precision:
+    pass the ``torch.amp.GradScaler`` to ``first_step`` and ``second_step`` (or to ``sam_update``); ε is then taken
+    from the unscaled gradient and an inf/NaN in either pass skips the update with the weights restored.
     """
 
     def __init__(

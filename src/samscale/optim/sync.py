@@ -76,9 +76,7 @@ class GradientSync:
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        self.average_(
-            [p.grad for p in params], share
-        )
+        self.average_([p.grad for p in params], share)
 
     def average_bn_stats_(self, model: nn.Module, share: float) -> None:
         """Average the running statistics of the model's train-mode BatchNorms (each process normalized alone)."""
@@ -93,7 +91,8 @@ class GradientSync:
 
     def assemble(self, rows: Tensor, offset: int, total: int) -> Tensor:
         """The group's rows in order: each process's ``rows`` placed at its ``offset`` of ``total`` (exact)."""
-        full = rows.new_zeros((total, *rows.shape[1:]))
+        low = rows.dtype in (torch.float16, torch.bfloat16)  # not every backend reduces half floats
+        full = rows.new_zeros((total, *rows.shape[1:]), dtype=torch.float32 if low else rows.dtype)
         full[offset : offset + len(rows)] = rows
         dist.all_reduce(full, group=self.group)
         return full

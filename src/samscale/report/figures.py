@@ -120,7 +120,8 @@ def gain_plot(summary: pd.DataFrame, selected: pd.DataFrame, rule: SelectionRule
     if drawn.empty:
         return None
     fig, ax = _axes()
-    default = ", ".join(f"{c.rsplit('.', 1)[-1]}={v:g}" for c, v in rule.default.items())
+    default = ", ".join(f"{'ρ' if c == 'optim.rho' else c.rsplit('.', 1)[-1]} = {v:g}"
+                        for c, v in rule.default.items())
     for color, (label, rows) in zip(_colors(), _groups(drawn, rule)):
         _band(ax, rows, "gain_mean", "gain_std", color=color, label=label or "tuned: mean ± std over seeds")
         seeds = _drawable(_same_group(selected, rows, rule), "gain")

@@ -46,7 +46,7 @@ def build_study_report(workdir: str | Path, *, command: str, out: str | Path | N
     workdir = Path(workdir)
     if not study_path(workdir).is_file():
         raise ConfigError(f"{workdir} is not a study work directory (no study.yaml); run `samscale sweep` first")
-    study = load_study(study_path(workdir))
+    study = load_study(study_path(workdir), check_runs=False)  # validated when it was swept
     if epoch is not None:
         study = study.model_copy(update={"selection": SelectionRule.parse({**study.selection.model_dump(),
                                                                            "epoch": epoch})})

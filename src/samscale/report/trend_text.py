@@ -32,12 +32,15 @@ def trend_sentence(entry: dict[str, Any], unit: str) -> str:
     correlation = ("Spearman correlation undefined (constant gains)" if spearman is None else
                    f"Spearman correlation of the gain with #parameters {spearman:+.2f} (permutation p = "
                    f"{p_value:.3f})")
-    if low > 0:
-        verdict = "the gain grows with size"
-    elif high < 0:
-        verdict = "the gain shrinks with size"
+    direction = "positive" if low > 0 else "negative" if high < 0 else None
+    significant = p_value is not None and p_value < 0.05
+    if direction and significant:
+        verdict = f"the gain {'grows' if direction == 'positive' else 'shrinks'} with size"
+    elif direction:
+        verdict = (f"the slope is {direction} (its interval excludes 0) but the rank correlation over {sizes} sizes "
+                   "is not significant")
     else:
-        verdict = "no clear trend (the interval includes 0)"
+        verdict = "no clear trend (the slope's interval includes 0)"
     return (f"{verdict}: {correlation} over {sizes} sizes; slope {slope:+.3f} {unit} per tenfold more parameters "
             f"(95% bootstrap interval {low:+.3f} to {high:+.3f}; ≥ {seeds} seeds per size).")
 

@@ -247,7 +247,7 @@ class RLSpec(_Section):
     `eps_decay_steps` steps. The environment's random streams derive from `train.seed` and `env_seed`.
     """
 
-    env: Literal["asterix", "breakout", "freeway", "seaquest", "space_invaders"] | None = None
+    env: Literal[MINATAR_GAMES] | None = None  # type: ignore[valid-type]
     steps_per_epoch: int = 10_000
     buffer_size: int = 100_000
     learning_starts: int = 5_000

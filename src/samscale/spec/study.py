@@ -240,14 +240,20 @@ class Study(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def load_study(path: str | Path, budget: str | None = None) -> Study:
-    """Read and validate a study YAML, optionally at a named budget."""
+def load_study(path: str | Path, budget: str | None = None, *, check_runs: bool = True) -> Study:
+    """Read and validate a study YAML, optionally at a named budget.
+
+    With `check_runs` every run of the study is built and validated too (a bad grid value fails here, before
+    anything is written); reading back a study a sweep already saved can skip that (it is the slow part of reporting
+    a study of 10⁵ runs).
+    """
     try:
         study = Study.model_validate(load_yaml(path))
     except ValidationError as err:
         raise ConfigError(f"{path}: {format_validation_error(err, model=Study)}") from None
     study = study.with_budget(budget) if budget else study
-    study.expand()  # every run of the study must be a valid RunSpec: fail now, before anything is written
+    if check_runs:
+        study.expand()  # every run of the study must be a valid RunSpec: fail now, before anything is written
     return study
 
 

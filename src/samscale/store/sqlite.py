@@ -169,6 +169,20 @@ class RunStore:
                 db.execute("INSERT OR IGNORE INTO study_runs (study, run_id) VALUES (?, ?)", (study, run_id))
         return run_id
 
+    def register_study(self, specs: list[RunSpec], study: str) -> None:
+        """Register many runs of one study in one transaction (new runs pending, known runs kept as they are)."""
+        now = time.time()
+        rows = [(spec.run_id, spec.model_dump_json()) for spec in specs]
+        with self._connect() as db:
+            db.executemany("INSERT OR IGNORE INTO runs (run_id, spec, created, updated) VALUES (?, ?, ?, ?)",
+                           [(run_id, text, now, now) for run_id, text in rows])
+            db.executemany("INSERT OR IGNORE INTO study_runs (study, run_id) VALUES (?, ?)",
+                           [(study, run_id) for run_id, _ in rows])
+
+    def statuses(self) -> dict[str, str]:
+        """run_id → status of every run in the store (one query, for planning large sweeps)."""
+        return {r["run_id"]: r["status"] for r in self._rows("SELECT run_id, status FROM runs")}
+
     def claim(self, run_id: str, *, retry_failed: bool = True) -> bool:
         """Atomically mark a run as running by this process, unless it is finished or held by a live owner.
 

@@ -17,6 +17,7 @@ import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Iterator, Protocol
 
+from samscale.models.registry import param_count
 from samscale.spec.run import RunSpec
 from samscale.spec.status import FINISHED, RunStatus
 from samscale.store import RunStore
@@ -26,7 +27,14 @@ from samscale.train.ensemble import pack_key, train_ensemble, unpackable_reason
 from samscale.train.events import RunEnded, RunEvent
 
 DEFAULT_MAX_MEMBERS = 32
-"""Largest pack by default (see benchmarks/bench_ensemble.py for where packing stops paying)."""
+"""Largest pack by default."""
+
+DEFAULT_MAX_PACK_PARAMS = 500_000
+"""Most parameters of all members of a pack together (counted on the family's default input shape). On a busy
+2-core CPU, 9 packed MNIST MLPs of width 0.25 (61k parameters each) trained 1.6× faster per core than one by one,
+but 9 of width 1 (266k each) only 0.6× as fast, and 5 of width 1 end to end 0.73× (benchmarks/bench_ensemble.py):
+packing stops paying between widths 0.5 and 1. With this budget width 0.25 packs up to 8 runs, width 0.5 up to 3,
+and width 1 and larger train one by one."""
 
 
 class Executor(Protocol):
@@ -35,11 +43,12 @@ class Executor(Protocol):
     def run(self, specs: list[RunSpec], store_path: str, workdir: str) -> Iterator[RunOutcome]: ...
 
 
-def plan_packs(specs: list[RunSpec], max_members: int = DEFAULT_MAX_MEMBERS,
-               min_packs: int = 1) -> tuple[list[list[RunSpec]], list[RunSpec]]:
+def plan_packs(specs: list[RunSpec], max_members: int = DEFAULT_MAX_MEMBERS, min_packs: int = 1,
+               max_pack_params: int = DEFAULT_MAX_PACK_PARAMS) -> tuple[list[list[RunSpec]], list[RunSpec]]:
     """(packs, runs to train one by one). Packs keep the order of their first run in `specs`. A group of compatible
-    runs is split into near-equal packs: as few as keep each within `max_members`, but at least `min_packs` (e.g.
-    one per worker, so that every worker has a pack) as long as each keeps two members."""
+    runs is split into near-equal packs: as few as keep each within `max_members` and `max_pack_params` parameters
+    in all, but at least `min_packs` (e.g. one per worker, so that every worker has a pack) as long as each keeps
+    two members. Runs whose pack would hold one member are trained one by one."""
     if isinstance(max_members, bool) or not isinstance(max_members, int) or max_members < 1:
         raise ValueError(f"max_members must be a positive integer, got {max_members!r}")
     groups: dict[str, list[RunSpec]] = {}
@@ -51,13 +60,28 @@ def plan_packs(specs: list[RunSpec], max_members: int = DEFAULT_MAX_MEMBERS,
             singles.append(spec)
     packs: list[list[RunSpec]] = []
     for group in groups.values():
-        if len(group) == 1:
-            singles.append(group[0])
+        cap = min(max_members, max(1, max_pack_params // _param_count(group[0])))
+        if len(group) == 1 or cap == 1:
+            singles.extend(group)
             continue
-        count = max(math.ceil(len(group) / max_members), min(min_packs, len(group) // 2))
+        count = max(math.ceil(len(group) / cap), min(min_packs, len(group) // 2))
         size = math.ceil(len(group) / count)
-        packs.extend(group[i : i + size] for i in range(0, len(group), size))
+        for i in range(0, len(group), size):
+            chunk = group[i : i + size]
+            if len(chunk) > 1:
+                packs.append(chunk)
+            else:
+                singles.extend(chunk)
     return packs, singles
+
+
+def _param_count(spec: RunSpec) -> int:
+    """Parameters of the spec's model on its family's default input shape (closed form, nothing built or loaded);
+    1 when the family cannot count them that way."""
+    try:
+        return param_count(spec.model.family, spec.model.size, **spec.model.options)
+    except (TypeError, ValueError, KeyError):
+        return 1
 
 
 def execute_pack(spec_jsons: list[str], store_path: str, workdir: str, threads: int | None) -> list[RunOutcome]:

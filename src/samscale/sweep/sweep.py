@@ -49,22 +49,25 @@ def estimated_cost(spec: RunSpec) -> float:
     return float(n_params) * spec.train.epochs * train_size * (2 if spec.optim.is_sam else 1)
 
 
-def prepare(study: Study, workdir: str | Path) -> tuple[RunStore, list[RunSpec]]:
-    """Open the work directory's store, save the study beside it, and register every run of the study."""
+def prepare(study: Study, workdir: str | Path, specs: list[RunSpec] | None = None) -> tuple[RunStore, list[RunSpec]]:
+    """Open the work directory's store, save the study beside it, and register every run of the study.
+
+    The study is expanded (every point validated) before anything is written, so a bad study leaves no trace.
+    """
+    specs = study.expand() if specs is None else specs
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     store = RunStore(store_path(workdir))
-    specs = study.expand()
     study_path(workdir).write_text(study.to_yaml())
-    for spec in specs:
-        store.register(spec, study=study.name)
+    store.register_study(specs, study.name)
     return store, specs
 
 
 def other_version_runs(store: RunStore, specs: list[RunSpec]) -> dict[str, str | None]:
     """Finished runs among `specs` that another code version produced: run_id → that version."""
     current = code_version()
-    finished = [spec.run_id for spec in specs if store.status(spec.run_id) in FINISHED]
+    statuses = store.statuses()
+    finished = [spec.run_id for spec in specs if statuses.get(spec.run_id) in FINISHED]
     return {run_id: version for run_id, version in store.code_versions(finished).items() if version != current}
 
 
@@ -77,16 +80,17 @@ def plan(study: Study, workdir: str | Path, other_versions: OtherVersions = "ref
     """(store, runs to train longest first, what was decided about runs of other code versions)."""
     if other_versions not in OTHER_VERSIONS:
         raise ConfigError(f"other_versions must be one of {', '.join(OTHER_VERSIONS)}, got {other_versions!r}")
-    store, specs = prepare(study, workdir)
-    others = other_version_runs(store, specs)
+    specs = study.expand()
+    others = other_version_runs(RunStore(store_path(workdir)), specs) if store_path(workdir).is_file() else {}
+    if others and other_versions == "refuse":  # refuse before anything is written
+        raise ConfigError(
+            f"{_describe(others)}, not by this one ({code_version()}); pass --reuse-other-versions to keep them in "
+            "the study as they are, or --rerun-other-versions to train them again with this code"
+        )
+    store, specs = prepare(study, workdir, specs)
     decision = {"total": len(specs), "other_versions": len(others), "action": other_versions, "message": ""}
     if others:
         described = _describe(others)
-        if other_versions == "refuse":
-            raise ConfigError(
-                f"{described}, not by this one ({code_version()}); pass --reuse-other-versions to keep them in the "
-                "study as they are, or --rerun-other-versions to train them again with this code"
-            )
         if other_versions == "rerun":
             store.reset(list(others))
             for run_id in others:  # a finished checkpoint would be resumed as finished: start from scratch
@@ -94,7 +98,8 @@ def plan(study: Study, workdir: str | Path, other_versions: OtherVersions = "ref
             decision["message"] = f"{described}; training them again with {code_version()}"
         else:
             decision["message"] = f"{described}; reusing them as they are (--reuse-other-versions)"
-    todo = [spec for spec in specs if store.status(spec.run_id) not in FINISHED]
+    statuses = store.statuses()
+    todo = [spec for spec in specs if statuses.get(spec.run_id) not in FINISHED]
     todo.sort(key=estimated_cost, reverse=True)  # longest first: the pool's last runs are short ones
     return store, todo, decision
 

@@ -136,28 +136,36 @@ def _run_least_squares(
     a = features.to(torch.float64)
     y = targets.to(torch.float64)
     start = torch.zeros(d, dtype=torch.float64) if x0 is None else x0.to(torch.float64)
-    x = start.expand(n_runs, d).clone()  # one row per run
+    # one run keeps x as a vector (plain matrix-vector products are several times faster for tiny problems); several
+    # runs are the rows of x, each with its own batch
+    x = start.clone() if n_runs == 1 else start.expand(n_runs, d).clone()
 
     def loss(points: Tensor) -> Tensor:
-        return ((points @ a.T - y) ** 2).mean(dim=1) / 2
+        return ((points @ a.T - y) ** 2).mean(dim=-1) / 2
+
+    def batch_gradient(a_b: Tensor, y_b: Tensor, point: Tensor) -> Tensor:
+        if point.ndim == 1:
+            return a_b.T @ (a_b @ point - y_b) / batch_size
+        residual = (a_b @ point.unsqueeze(2)).squeeze(2) - y_b
+        return (a_b.transpose(1, 2) @ residual.unsqueeze(2)).squeeze(2) / batch_size
 
     solution = torch.linalg.lstsq(a, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)
-    optimum = loss(solution.unsqueeze(0))
+    optimum = loss(solution)
     losses = [loss(x)]
     for _ in range(n_steps):
         if n_runs == 1:
-            batch = torch.randperm(n, generator=generator)[:batch_size].unsqueeze(0)
+            batch = torch.randperm(n, generator=generator)[:batch_size]
         else:
             batch = torch.rand(n_runs, n, generator=generator).argsort(dim=1)[:, :batch_size]
-        a_b, y_b = a[batch], y[batch]  # (runs, B, d), (runs, B)
-        ascent = torch.einsum("rbd,rb->rd", a_b, torch.einsum("rbd,rd->rb", a_b, x) - y_b) / batch_size
+        a_b, y_b = a[batch], y[batch]  # (B, d), (B,) — or (runs, B, d), (runs, B)
+        ascent = batch_gradient(a_b, y_b, x)
         if normalized:
-            norms = ascent.norm(dim=1, keepdim=True)
+            norms = ascent.norm(dim=-1, keepdim=True)
             ascent = torch.where(norms > 0, ascent / norms.clamp_min(torch.finfo(torch.float64).tiny), ascent)
-        perturbed = x + rho * ascent
-        x = x - eta * torch.einsum("rbd,rb->rd", a_b, torch.einsum("rbd,rd->rb", a_b, perturbed) - y_b) / batch_size
+        x = x - eta * batch_gradient(a_b, y_b, x + rho * ascent)
         losses.append(loss(x))
-    return (torch.stack(losses) - optimum).mean(dim=1)
+    gaps = torch.stack(losses) - optimum
+    return gaps if n_runs == 1 else gaps.mean(dim=1)
 
 
 def fit_contraction(gaps: Tensor, *, stop_below: float = 1e-12, steps: Tensor | None = None) -> float:

@@ -239,6 +239,7 @@ class _Pack:
         self.weight_decay = _per_member((o.weight_decay for o in optims), device)
         self.beta = _per_member((o.momentum for o in optims), device)
         self.nesterov = _per_member((o.nesterov for o in optims), device, torch.bool)
+        self.any_nesterov = bool(self.nesterov.any())
         self.n_sam = sum(o.is_sam for o in optims)
         sam = optims[: self.n_sam]
         self.rho = _per_member((o.rho for o in sam), device)
@@ -272,7 +273,8 @@ class _Pack:
             with torch.enable_grad(), frozen_bn_stats(self.template):
                 sam_losses, _ = vmap(self._loss)(perturbed, buffers, xs[:s], ys[:s])
                 sam_grads = torch.autograd.grad(sam_losses.sum(), list(perturbed.values()))
-            grads = [sam if s == len(self.members) else torch.cat([sam, g[s:]]) for sam, g in zip(sam_grads, grads)]
+            for grad, sam_grad in zip(grads, sam_grads):  # SAM members step with their SAM gradient
+                grad[:s] = sam_grad
         self._sgd_step(grads, lrs)
         return losses.detach(), outputs.detach()
 
@@ -304,7 +306,7 @@ class _Pack:
             d = g + _expand(self.weight_decay, p) * p
             beta = _expand(self.beta, p)
             buf.mul_(beta).add_(d)  # a fresh buffer is zero: 0·β + d = d, torch's first-step clone
-            d = torch.where(_expand(self.nesterov, p), d + beta * buf, buf)
+            d = torch.where(_expand(self.nesterov, p), d + beta * buf, buf) if self.any_nesterov else buf
             p.sub_(_expand(lrs, p) * d)
 
     # -- epochs ------------------------------------------------------------------------------------------------
@@ -399,6 +401,7 @@ class _Pack:
         self.buffers = {n: b.index_select(0, index) for n, b in self.buffers.items()}
         self.momentum = [b.index_select(0, index) for b in self.momentum]
         self.weight_decay, self.beta, self.nesterov = (t[index] for t in (self.weight_decay, self.beta, self.nesterov))
+        self.any_nesterov = bool(self.nesterov.any())
         sam_index = index[index < self.n_sam]
         self.rho, self.eta, self.adaptive, self.normalize = (
             t[sam_index] for t in (self.rho, self.eta, self.adaptive, self.normalize))

@@ -47,7 +47,8 @@ class SolutionSpaceBudget:
 BUDGETS = {
     "smoke": SolutionSpaceBudget("seconds: 200 steps, 1 seed — checks the pipeline", (10, 100), (0,), 200, 0.05,
                                  0.05),
-    "cpu": SolutionSpaceBudget("widths 10 and 100, 3 seeds, 3000 full-batch steps at η = 0.05, SAM ρ = 0.05",
+    "cpu": SolutionSpaceBudget("widths 10 and 100, 3 seeds, 3000 full-batch steps at η = 0.05, SAM ρ = 0.05; "
+                               "100 s of CPU time (31 min wall on 2 cores shared at load ≈ 20)",
                                (10, 100), (0, 1, 2), 3000, 0.05, 0.05),
     "paper": SolutionSpaceBudget("widths 10 and 100, 3 seeds, 50 000 steps (minutes on CPU, not timed here)",
                                  (10, 100), (0, 1, 2), 50_000, 0.05, 0.05),
@@ -69,7 +70,8 @@ def _train(width: int, seed: int, method: str, plan: SolutionSpaceBudget, data) 
         "train_loss": trajectory.loss[-1], "test_loss": float(((function - data.y_test.reshape(-1)) ** 2).mean() / 2),
         "sharpness": float(torch.linalg.eigvalsh(hessian)[-1]),
         "total_variation": float((function[1:] - function[:-1]).abs().sum()),
-        "function": function.tolist(), "params": w.tolist(), "loss_curve": {"steps": trajectory.steps, "loss": trajectory.loss},
+        "function": function.tolist(), "params": w.tolist(),
+        "loss_curve": {"steps": trajectory.steps, "loss": trajectory.loss},
     }
 
 
@@ -100,7 +102,8 @@ def run_solution_space(budget: str, out: str | Path, on_progress: Progress | Non
              "of the exact Hessian of the mean training loss ½(f − y)² at the end point.",
              "SAM is normalized SAM (ε = ρ∇f/‖∇f‖) with full batches; GD is the same loop at ρ = 0."]
     write_json(out / "results.json", {"title": TITLE, "budget": budget, "header": header, "notes": notes,
-                                      "paper": PAPER_CLAIM, "plan": plan.__dict__, "x": data.x_test.reshape(-1).tolist(),
+                                      "paper": PAPER_CLAIM, "plan": plan.__dict__,
+                                      "x": data.x_test.reshape(-1).tolist(),
                                       "x_train": data.x.reshape(-1).tolist(), "y_train": data.y.reshape(-1).tolist(),
                                       "summary": summary.to_dict(orient="records"),
                                       "pairs": pairs.to_dict(orient="records"), "runs": runs})

@@ -53,7 +53,8 @@ BUDGETS = {
     "smoke": TwoLayerBudget("seconds: widths 4 and 16, 50 steps, 1 seed", (4, 16), (0,), 50, n=40, d=100,
                             n_test=500),
     "cpu": TwoLayerBudget("widths 4–128 (×2), 3 seeds, 300 full-batch steps, n = 100, d = 400, ‖μ‖ = 3, σ = 1, "
-                          "p = 0.1, η = 0.5, SAM ρ = 0.05", (4, 8, 16, 32, 64, 128), (0, 1, 2), 300),
+                          "p = 0.1, η = 0.5, SAM ρ = 0.05; 69 s of CPU time (27 min wall at load ≈ 20)",
+                          (4, 8, 16, 32, 64, 128), (0, 1, 2), 300),
     "paper": TwoLayerBudget("widths 4–512, 5 seeds, 2000 steps (not timed)", (4, 8, 16, 32, 64, 128, 256, 512),
                             (0, 1, 2, 3, 4), 2000),
 }
