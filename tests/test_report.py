@@ -236,7 +236,7 @@ def test_default_rho_outside_the_grid_is_said_and_left_empty():
     rule = SelectionRule(group_by=["data.label_noise"], default={"optim.rho": 0.1})
     summary = summarize(select(frame, rule), rule)
     assert summary["default_gain_mean"].isna().all() and not summary["default_in_grid"].any()
-    assert default_text(rule, summary) == "ρ = 0.1 is not in the grid at no size; its column is empty there"
+    assert default_text(rule, summary) == "ρ = 0.1 is not in this study's grid, so the untuned column is empty"
     in_grid = SelectionRule(group_by=["data.label_noise"])  # ρ = 0.05 by default, which the grid has
     assert summarize(select(frame, in_grid), in_grid)["default_gain_mean"].tolist() == pytest.approx(
         [1.5, 2.25, 3.5, 4.25])

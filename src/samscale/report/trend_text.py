@@ -51,8 +51,9 @@ def default_text(rule: SelectionRule, summary: pd.DataFrame) -> str:
         return "none set in the selection rule (`default`), so no untuned column"
     setting = ", ".join(f"{axis_label(c)} = {v:g}" for c, v in rule.default.items())
     if len(summary) and "default_in_grid" in summary and not summary["default_in_grid"].all():
-        missing = "no size" if not summary["default_in_grid"].any() else "some sizes"
-        return f"{setting} is not in the grid at {missing}; its column is empty there"
+        if not summary["default_in_grid"].any():
+            return f"{setting} is not in this study's grid, so the untuned column is empty"
+        return f"{setting} is missing from the grid at some sizes; its column is empty there"
     return f"{setting}, not tuned: its gain shows what tuning adds"
 
 
