@@ -1,6 +1,7 @@
 """The command line as a user types it: train, runs, models, sweep/report, reproduce, analyze, errors."""
 import json
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -66,6 +67,11 @@ def test_report_of_half_finished_study_renders(tmp_path, capsys):
     assert main(["report", str(out)]) == 0
     html = (out / "report" / "report.html").read_text()
     assert "13 of 18 runs complete" in html
+    # the x-axis can count non-zero weights instead (biases of units that never fired stay exactly 0)
+    assert main(["report", str(out), "--params", "nonzero"]) == 0
+    counted = set(pd.read_csv(out / "report" / "summary.csv")["n_params"].dropna().astype(int))
+    nonzero = set(frame["n_nonzero"].dropna().astype(int))
+    assert counted and counted <= nonzero and not counted <= set(frame["n_params"].astype(int))
 
 
 def test_analyze_a_run_from_the_store(config_file, tmp_path, capsys):

@@ -392,3 +392,21 @@ def test_a_planted_effect_is_recovered():
     assert summary["default_gain_mean"].mean() == pytest.approx(0.3, abs=0.03)
     assert (summary["null_gain_mean"] < summary["gain_mean"]).mean() > 0.95
     assert summary["null_p_value"].median() < 0.05
+
+
+def test_size_can_be_counted_in_non_zero_parameters():
+    runs = frame(
+        run("sgd", 1, 0, val=0.90, test=0.90, n_params=1000, n_nonzero=100),
+        run("sam", 1, 0, rho=0.05, val=0.92, test=0.93, n_params=1000, n_nonzero=100),
+        run("sgd", 4, 0, val=0.91, test=0.91, n_params=4000, n_nonzero=float("nan")),  # recorded no count: total
+        run("sam", 4, 0, rho=0.05, val=0.93, test=0.95, n_params=4000, n_nonzero=float("nan")),
+    )
+    total = summarize(select(runs, RULE), RULE)
+    nonzero_rule = SelectionRule(params="nonzero")
+    nonzero = summarize(select(runs, nonzero_rule), nonzero_rule)
+    assert total["n_params"].tolist() == [1000, 4000]
+    assert nonzero["n_params"].tolist() == [100, 4000]
+    assert nonzero["gain_mean"].tolist() == pytest.approx(total["gain_mean"].tolist())  # only the axis changes
+    assert rho_table(runs, nonzero_rule)["n_params"].tolist()[0] == 100
+    with pytest.raises(ConfigError, match="params"):
+        SelectionRule.parse({"params": "weights"})

@@ -132,13 +132,13 @@ def _progress(todo, done: int, total: int):
 
     costs = {spec.run_id: estimated_cost(spec) for spec in todo}
     scale = sum(costs.values()) / max(len(costs), 1) or 1.0
-    bar = tqdm(total=round(sum(costs.values()) / scale, 2), unit="run-equiv", desc="sweep", dynamic_ncols=True,
+    bar = tqdm(total=sum(costs.values()) / scale, unit="run-equiv", desc="sweep", dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
     finished = [done]
 
     def update(outcome, _finished: int, _total: int) -> None:
         finished[0] += 1
-        bar.update(round(costs.get(outcome.run_id, scale) / scale, 2))
+        bar.update(min(costs.get(outcome.run_id, scale) / scale, max(bar.total - bar.n, 0.0)))
         bar.set_postfix_str(f"{finished[0]}/{total} runs; {outcome.status}: {outcome.label}")
         if outcome.status == "failed":
             bar.write(f"run {outcome.run_id} failed: {(outcome.error or '').strip().splitlines()[-1:]}")
@@ -181,15 +181,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return status
 
 
-def _report(workdir: Path, command: str | None = None) -> Path:
+def _report(workdir: Path, command: str | None = None, params: str | None = None) -> Path:
     from samscale.report.study_report import build_study_report
 
-    return build_study_report(workdir, command=command or " ".join(["samscale", *map(shlex.quote, sys.argv[1:])]))
+    return build_study_report(workdir, command=command or " ".join(["samscale", *map(shlex.quote, sys.argv[1:])]),
+                              params=params)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild a study's report from its work directory."""
-    print(_report(args.path))
+    print(_report(args.path, params=args.params))
     return 0
 
 
@@ -298,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="build the report of a study's work directory")
     p.add_argument("path", type=Path, help="the study's work directory (holds study.yaml and samscale.db)")
+    p.add_argument("--params", choices=("total", "nonzero"), default=None,
+                   help="x-axis: all parameters, or the non-zero ones of pruned runs (default: the study's choice)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="reproduce one of the paper's experiments")

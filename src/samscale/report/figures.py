@@ -23,7 +23,10 @@ FIGSIZE = (6.0, 4.0)
 DPI = 100
 COLORS = matplotlib.colormaps["tab10"].colors
 ARM_STYLE = {"baseline": "--", "treatment": "-"}
-PARAMS_LABEL = "number of parameters (log scale)"
+def params_label(rule: SelectionRule) -> str:
+    """The x-axis label: all parameters, or the non-zero ones (`selection.params: nonzero`)."""
+    counted = "non-zero parameters" if rule.params == "nonzero" else "parameters"
+    return f"number of {counted} (log scale)"
 _SAVE_RC = {"svg.fonttype": "path"}
 _ANALYSIS_LABELS = {
     "lambda_max": "λ_max(H), top Hessian eigenvalue",
@@ -135,7 +138,7 @@ def gain_plot(summary: pd.DataFrame, selected: pd.DataFrame, rule: SelectionRule
     if paper is not None and "paper_gain" in table:
         _paper_points(ax, table)
     ax.axhline(0.0, color="0.5", linestyle=":", linewidth=1)
-    _finish(ax, PARAMS_LABEL, gain_label(rule), f"Gain vs model size ({epoch_label(rule)})", drawn)
+    _finish(ax, params_label(rule), gain_label(rule), f"Gain vs model size ({epoch_label(rule)})", drawn)
     return Plot("gain_vs_params", "Gain vs number of parameters", fig, table)
 
 
@@ -154,7 +157,7 @@ def tuned_plot(summary: pd.DataFrame, selected: pd.DataFrame, rule: SelectionRul
     log = bool((values > 0).all())
     if log:
         ax.set_yscale("log")
-    _finish(ax, PARAMS_LABEL, f"{symbol} chosen on seed-mean validation{' (log scale)' if log else ''}",
+    _finish(ax, params_label(rule), f"{symbol} chosen on seed-mean validation{' (log scale)' if log else ''}",
             f"{symbol} vs model size", drawn)
     return Plot(f"{star}_vs_params", f"{symbol} vs number of parameters", fig, table)
 
@@ -181,7 +184,7 @@ def arms_plot(summary: pd.DataFrame, rule: SelectionRule, name: str, ylabel: str
         ax.set_yscale("log")
     elif log_y:
         ylabel = ylabel.replace(" (log scale)", "")
-    _finish(ax, PARAMS_LABEL, ylabel, title, drawn)
+    _finish(ax, params_label(rule), ylabel, title, drawn)
     stem = name.replace("analysis.", "").replace(".", "_")
     return Plot(f"{stem}_vs_params", title, fig, table)
 

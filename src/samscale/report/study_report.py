@@ -38,18 +38,20 @@ def _code_versions(frame) -> str:
 
 
 def build_study_report(workdir: str | Path, *, command: str, out: str | Path | None = None,
-                       epoch: str | None = None) -> Path:
+                       epoch: str | None = None, params: str | None = None) -> Path:
     """Write the report of the study in `workdir` to `workdir/report` (or `out`); returns the HTML page's path.
 
     `epoch` ('final' or 'best', i.e. early stopping on validation) overrides the study's selection epoch, so one
-    set of runs can be reported both with and without early stopping."""
+    set of runs can be reported both with and without early stopping. `params` ('total' or 'nonzero') overrides what
+    the x-axis counts, so pruned runs can be compared by their non-zero weights."""
     workdir = Path(workdir)
     if not study_path(workdir).is_file():
         raise ConfigError(f"{workdir} is not a study work directory (no study.yaml); run `samscale sweep` first")
     study = load_study(study_path(workdir), check_runs=False)  # validated when it was swept
-    if epoch is not None:
+    overrides = {key: value for key, value in (("epoch", epoch), ("params", params)) if value is not None}
+    if overrides:
         study = study.model_copy(update={"selection": SelectionRule.parse({**study.selection.model_dump(),
-                                                                           "epoch": epoch})})
+                                                                           **overrides})})
     if not store_path(workdir).is_file():
         raise ConfigError(f"{workdir} has no run store ({store_path(workdir)}); run `samscale sweep` first")
     frame = RunStore(store_path(workdir)).runs_frame(study.name)

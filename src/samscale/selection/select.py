@@ -89,6 +89,7 @@ class Prepared:
 def prepare(frame: pd.DataFrame, rule: SelectionRule) -> Prepared:
     """Validate the frame against the rule; choose each arm's setting per (group…, size) on seed-mean validation."""
     _check_runs_frame(frame, rule)
+    frame = _size_counts(frame, rule)
     base_mask, treat_mask = _arm_mask(frame, rule.baseline, "baseline"), _arm_mask(frame, rule.treatment, "treatment")
     if (both := frame.loc[base_mask & treat_mask, "run_id"]).any():
         raise ConfigError(
@@ -108,6 +109,17 @@ def prepare(frame: pd.DataFrame, rule: SelectionRule) -> Prepared:
     picked = done.merge(chosen, on=[*cell, "_arm", "_cfg"], how="inner")
     picked = picked.sort_values("run_id", kind="mergesort").drop_duplicates([*keys, "_arm"])
     return Prepared(arms, means, picked, cell, keys)
+
+
+def _size_counts(frame: pd.DataFrame, rule: SelectionRule) -> pd.DataFrame:
+    """The frame with `n_params` holding the count the rule measures size by: all parameters, or the non-zero ones.
+
+    Pruned runs record `n_nonzero`; runs without it (unfinished, or dense runs of older stores) keep their total.
+    """
+    if rule.params == "total" or "n_nonzero" not in frame:
+        return frame
+    nonzero = pd.to_numeric(frame["n_nonzero"], errors="coerce")
+    return frame.assign(n_params=nonzero.fillna(pd.to_numeric(frame["n_params"], errors="coerce")))
 
 
 def select(frame: pd.DataFrame, rule: SelectionRule) -> pd.DataFrame:

@@ -68,6 +68,7 @@ class SelectionRule(BaseModel):
     group_by: list[str] = []
     seed_key: str = "train.seed"
     default: dict[str, Any] = {}
+    params: Literal["total", "nonzero"] = "total"  # x-axis: all parameters, or the non-zero ones of pruned runs
 
     @model_validator(mode="before")
     @classmethod
