@@ -94,7 +94,8 @@ def test_dqn_run_is_deterministic_and_resumes_bit_identically(tmp_path):
     assert whole.status == "complete" and [type(e).__name__ for e in events] == \
         ["RunStarted", "EpochEnded", "EpochEnded", "RunEnded"]
     assert whole.final["n_params"] == param_count("dqn", 0.25, input_shape=(4, 10, 10), num_classes=6)
-    assert whole.final["final_test_loss"] == -whole.final["final_test_return"]
+    assert "final_test_loss" not in whole.final  # evaluation measures returns, not a loss
+    assert whole.final["final_test_return"] >= 0.0 and whole.final["final_test_return_std"] >= 0.0
     assert whole.final["substitute_for"] == "atari"
     first = train_run(spec, workdir=tmp_path, max_epochs=1)
     state = load_checkpoint(checkpoint_path(tmp_path, spec.run_id))  # weights_only=True load

@@ -50,7 +50,7 @@ def test_paper_ladders():
     assert LADDERS["resnet18"] == (4, 8, 16, 32, 64, 128, 256)
     assert LADDERS["resnet50"] == (16, 32, 48, 56, 64)
     assert set(LADDERS) == set(FAMILIES) == {"mlp", "resnet18", "resnet50", "resnet", "vit", "two_layer", "gcn", "dqn",
-                                             "lstm"}
+                                             "lstm", "transformer"}
     vit_counts = [param_count("vit", s) for s in LADDERS["vit"]]
     assert vit_counts == sorted(vit_counts) and 1e4 <= vit_counts[0] and vit_counts[-1] <= 1e6
     two_layer_counts = [param_count("two_layer", s) for s in LADDERS["two_layer"]]
@@ -135,7 +135,7 @@ def test_errors_list_the_valid_choices():
     with pytest.raises(UnknownFamilyError, match="unknown model family 'resnet101'; valid: dqn, gcn, lstm, mlp, resnet"):
         build_model("resnet101", 64)
     with pytest.raises(KeyError):
-        param_count("transformer", 1)
+        param_count("rnn", 1)
     with pytest.raises(ValueError, match=r"invalid mlp size -1.*0.25, 0.5, 1, 4, 10"):
         param_count("mlp", -1)
     with pytest.raises(ValueError, match=r"invalid resnet size 50.*10, 18, 34"):

@@ -69,6 +69,33 @@ def test_loss_gain_is_baseline_minus_treatment_and_loss_is_minimized():
     assert row["gain"] == pytest.approx(0.50 - 0.45)
 
 
+def test_return_gain_is_treatment_minus_baseline_and_return_is_maximized():
+    rule = SelectionRule(select_by="val_return", metric="test_return")
+    runs = frame(
+        run("sgd", 1, 0, final_val_return=3.0, final_test_return=2.5),
+        run("sam", 1, 0, rho=0.02, final_val_return=4.0, final_test_return=3.0),
+        run("sam", 1, 0, rho=0.05, final_val_return=3.5, final_test_return=9.0),  # best on test: not chosen
+    )
+    row = select(runs, rule).iloc[0]
+    assert row["rho_star"] == 0.02  # largest validation return
+    assert row["treatment_test_return"] == pytest.approx(3.0)  # returns are not rescaled
+    assert row["gain"] == pytest.approx(3.0 - 2.5)
+    assert rule.measure.label() == "test episode return" and rule.measure.gain_unit == ""
+
+
+def test_metric_names_are_checked():
+    from samscale.spec.metric import Metric
+
+    assert (Metric("val_acc").scale, Metric("test_loss").higher_is_better, Metric("val_return").label(short=True)) \
+        == (100.0, False, "val. return")
+    with pytest.raises(ValueError, match="unknown metric 'test_f1'"):
+        Metric("test_f1")
+    with pytest.raises(ConfigError, match="selection.metric"):
+        SelectionRule.parse({"metric": "test_f1"})
+    with pytest.raises(ConfigError, match=r"labels names \['control'\]; valid keys are \['baseline', 'treatment'\]"):
+        SelectionRule.parse({"labels": {"control": "Adam"}})
+
+
 def test_negative_gain_when_sam_is_worse():
     runs = frame(run("sgd", 1, 0, val=0.9, test=0.92), run("sam", 1, 0, rho=0.05, val=0.9, test=0.905))
     assert select(runs, RULE).iloc[0]["gain"] == pytest.approx(-1.5)

@@ -11,7 +11,12 @@ from samscale.data.split import LabelledSplit, Split
 
 #: A batch-level training augmentation: (inputs, generator) -> augmented inputs of the same shape.
 Augmentation = Callable[[Tensor, torch.Generator], Tensor]
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "tagging"]
+"""What a target is: one class per example, real-valued outputs, or one class per token ("tagging": targets are
+(N, L) int64 labels, padding positions set to `samscale.data.text.IGNORE_LABEL`)."""
+
+ACCURACY_TASKS: tuple[str, ...] = ("classification", "tagging")
+"""Tasks scored by accuracy (of examples, or of real tokens) and selected on validation accuracy."""
 
 
 @dataclass(frozen=True, eq=False)

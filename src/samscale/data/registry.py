@@ -21,6 +21,7 @@ from samscale.data.mnist1d import build_mnist1d
 from samscale.data.molecules import build_molecules, build_solubility
 from samscale.data.options import non_negative_int, resolve_options
 from samscale.data.partition import partition_indices
+from samscale.data.pos import build_pos, build_pos_standin
 from samscale.data.standin import build_cifar10_standin
 from samscale.data.sst2 import build_sst2, build_sst2_standin
 from samscale.data.synthetic import build_least_squares, build_sine_1d, build_teacher_student
@@ -64,7 +65,13 @@ DATASETS: dict[str, DatasetEntry] = _Registry({
     "sst2-standin": DatasetEntry(build_sst2_standin, "generated-lexicon sentiment with negation, 8000/1000; for sst2"),
     "solubility": DatasetEntry(build_solubility,
                                "Huuskonen solubility, 1025/257 molecules, 3 classes, padded graphs; for ogbg-molpcba"),
+    "pos": DatasetEntry(build_pos, "a UD treebank's CoNLL-U train/test files, 17 UPOS tags per token"),
+    "pos-standin": DatasetEntry(build_pos_standin,
+                                "hidden-Markov UPOS grammar with ambiguous words, 12000/2000 sentences; for pos"),
 })
+
+TAGGING_DATASETS: tuple[str, ...] = ("pos", "pos-standin")
+"""The datasets whose task is per-token tagging, known without loading them (`load_dataset` checks the list)."""
 
 
 def load_dataset(
@@ -94,6 +101,9 @@ def load_dataset(
         raise ConfigError(f"label_noise must be a rate in [0, 1], got {label_noise!r}")
     split_seed, noise_seed = non_negative_int("split_seed", split_seed), non_negative_int("noise_seed", noise_seed)
     source = entry.build(root=root, download=download, augment=augment, **settings)
+    if (source.task == "tagging") != (name in TAGGING_DATASETS):
+        raise RuntimeError(f"dataset {name!r} has task {source.task!r}, but TAGGING_DATASETS says otherwise; "
+                           "list every tagging dataset there")
     train_index, val_index = partition_indices(
         len(source.train), val_size=val_size, seed=split_seed, train_subset=train_subset
     )

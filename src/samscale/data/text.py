@@ -1,4 +1,5 @@
-"""Token vocabularies and padded id tensors for text tasks: id 0 pads, id 1 is the unknown word."""
+"""Token vocabularies and padded id tensors for text tasks: id 0 pads, id 1 is the unknown word; per-token labels
+pad with IGNORE_LABEL."""
 from __future__ import annotations
 
 from collections import Counter
@@ -11,6 +12,8 @@ from samscale.data.options import positive_int
 
 PAD, UNK = 0, 1
 SPECIALS = ("<pad>", "<unk>")
+IGNORE_LABEL = -100
+"""The per-token target of padding positions: losses and accuracies skip it (torch's cross-entropy default)."""
 
 
 def build_vocab(sentences: Iterable[Sequence[str]], max_size: int, min_count: int = 1) -> dict[str, int]:
@@ -29,4 +32,14 @@ def encode(sentences: Sequence[Sequence[str]], vocab: dict[str, int], max_len: i
     for row, sentence in enumerate(sentences):
         ids = [vocab.get(word, UNK) for word in sentence[:max_len]]
         out[row, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
+    return out
+
+
+def encode_labels(labels: Sequence[Sequence[int]], max_len: int) -> Tensor:
+    """(N, max_len) int64 per-token labels aligned with `encode`: right-padded with IGNORE_LABEL, truncated after
+    `max_len` tokens."""
+    max_len = positive_int("max_len", max_len)
+    out = torch.full((len(labels), max_len), IGNORE_LABEL, dtype=torch.int64)
+    for row, sequence in enumerate(labels):
+        out[row, : min(len(sequence), max_len)] = torch.tensor(list(sequence[:max_len]), dtype=torch.int64)
     return out

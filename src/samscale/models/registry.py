@@ -1,7 +1,8 @@
 """Model families by name: paper size ladders, construction from (family, size), and closed-form parameter counts.
 
 `size` is the family's ladder key: the MLP width multiplier k (hidden = round(300k), round(100k)), the ResNet base
-filters, the ViT embedding width (or a named width), the depth of the depth-variant ResNet, or the two-layer width.
+filters, the ViT embedding width (or a named width), the depth of the depth-variant ResNet, the two-layer width, or
+the Transformer tagger's d_model.
 Architecture knobs not covered by `size` are keyword options (e.g. `build_model("vit", 64, depth=8)`); every family
 lists its valid options in `FAMILIES[name].options`. `param_count` never builds a module, so the largest ladder entries
 (ResNet-50 at 64 filters: 25,557,032 parameters) are free to count.
@@ -31,6 +32,7 @@ from samscale.models.resnet import (
     resnet50_param_count,
     resnet_param_count,
 )
+from samscale.models.transformer import transformer_param_count, transformer_tagger
 from samscale.models.vit import vit, vit_param_count
 
 Size = int | float | str
@@ -160,6 +162,15 @@ def _resolve_lstm(size: Any, shape: tuple[int, ...], classes: int, options: dict
     return dict(width=size, vocab_size=shape[1], num_classes=classes)
 
 
+def _resolve_transformer(size: Any, shape: tuple[int, ...], classes: int, options: dict) -> dict:
+    if not _is_int(size) or size < 1:
+        raise FAMILIES["transformer"].size_error(size)
+    if len(shape) != 2:
+        raise ValueError(f"transformer needs input_shape (length, vocabulary size) of token-id inputs, got {shape}")
+    return dict(width=size, depth=options["depth"], heads=options["heads"], vocab_size=shape[1], max_len=shape[0],
+                num_classes=classes)
+
+
 def _resolve_dqn(size: Any, shape: tuple[int, ...], classes: int, options: dict) -> dict:
     if isinstance(size, bool) or not isinstance(size, (int, float)) or not size > 0:
         raise FAMILIES["dqn"].size_error(size)
@@ -255,6 +266,17 @@ FAMILIES: Mapping[str, Family] = MappingProxyType({
         constructor=lstm_classifier,
         counter=lstm_param_count,
     ),
+    "transformer": Family(
+        name="transformer",
+        size_meaning="d_model, a positive int (6 pre-LN encoder layers, d_model/64 heads, feed-forward 4·d_model)",
+        ladder=(128, 256, 384, 512, 640),
+        default_input_shape=(128, 33_502),  # 128 positions, 33,500 words + pad + unknown: the paper's 5.5M–51M
+        default_num_classes=17,  # the UPOS tags
+        options={"depth": 6, "heads": None},
+        resolve=_resolve_transformer,
+        constructor=transformer_tagger,
+        counter=transformer_param_count,
+    ),
     "dqn": Family(
         name="dqn",
         size_meaning="a width multiplier w > 0 of the Nature-DQN network (filters 32w, 64w, 64w; hidden 512w)",
@@ -271,7 +293,8 @@ FAMILIES: Mapping[str, Family] = MappingProxyType({
 
 LADDERS: Mapping[str, tuple[Size, ...]] = MappingProxyType({name: f.ladder for name, f in FAMILIES.items()})
 """The paper's size ladder of every family (ViT and two-layer ladders are ours: ≈1.5e4–8e5 and ≈1e4–1e5 params;
-GCN and LSTM widths are ours, chosen to span the paper's 0.2M–2.7M and 0.5M–15M; DQN multipliers span its 0.4M–6.7M on Atari frames)."""
+GCN and LSTM widths are ours, chosen to span the paper's 0.2M–2.7M and 0.5M–15M; DQN multipliers span its 0.4M–6.7M on Atari frames;
+the Transformer's d_model 128…640 are the paper's, 5.50M–51.1M at the vocabulary its counts imply)."""
 
 
 def get_family(family: str) -> Family:

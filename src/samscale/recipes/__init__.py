@@ -191,6 +191,10 @@ RECIPES: dict[str, StudyRecipe | CombinedRecipe | FunctionRecipe] = {
     "graph-gcn": StudyRecipe(
         "graph-gcn", "SAM − Adam test accuracy vs #params, GCNs on molecular graphs (stand-in: solubility molecules)"
     ),
+    "pos-transformer": StudyRecipe(
+        "pos-transformer", "SAM − Adam token accuracy vs #params, Transformer part-of-speech taggers "
+        "(cpu: hidden-Markov stand-in)"
+    ),
 }
 
 

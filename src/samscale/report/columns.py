@@ -1,7 +1,8 @@
 """Report tables that read like a paper's: column headers in words, one fixed precision per column.
 
 The CSV files keep the machine column names (`baseline_test_acc_mean`); the rendered Markdown and HTML tables use
-these headers ("SGD test acc. (%)"). Accuracies are in percent, gains in percentage points (pp).
+these headers ("SGD test acc. (%)"). Accuracies are in percent, gains in percentage points (pp); losses and
+episode returns are shown as they are.
 """
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import pandas as pd
 
 from samscale.report.figures import arm_label
 from samscale.report.tables import MISSING, format_value
+from samscale.spec.metric import Metric
 from samscale.spec.study import ARMS, SelectionRule
 
 ACC_DIGITS = 2
 GAIN_DIGITS = 3
 LOSS_DIGITS = 4
+RETURN_DIGITS = 2
 P_DIGITS = 3
 _ANALYSIS_WORDS = {"lambda_max": "λ_max", "trace": "tr(H)"}
 
@@ -39,10 +42,12 @@ def axis_label(column: str) -> str:
 
 def column_specs(rule: SelectionRule) -> dict[str, Column]:
     """Headers and precision of every summary, figure and sweep column a study report shows."""
-    acc = rule.metric.endswith("acc")
-    base, treat = arm_label(rule.baseline), arm_label(rule.treatment)
-    unit, digits = ("(pp)", GAIN_DIGITS) if acc else ("", LOSS_DIGITS)
-    gain = f"{treat} − {base} {unit}".strip() if acc else f"{base} − {treat} test loss"
+    measure, score = rule.measure, rule.score
+    base, treat = arm_label(rule, "baseline"), arm_label(rule, "treatment")
+    unit = f"({measure.gain_unit})" if measure.gain_unit else ""
+    digits = _digits(measure, gain=True)
+    gain = f"{treat} − {base} {unit}".strip() if measure.gain_unit else (
+        f"{treat} − {base} {measure.label()}" if measure.higher_is_better else f"{base} − {treat} {measure.label()}")
     default = ", ".join(f"{axis_label(c)} = {v:g}" for c, v in rule.default.items())
     specs = {c: Column(axis_label(c)) for c in [*rule.group_by, rule.size_key, *rule.tune]}
     specs.update({
@@ -59,15 +64,12 @@ def column_specs(rule: SelectionRule) -> dict[str, Column]:
     })
     for star, column in zip(rule.stars, rule.tune):
         specs[star] = Column(f"{axis_label(column)}*")
-    score = "val. acc. (%)" if rule.select_by.endswith("acc") else "val. loss"
-    score_digits = ACC_DIGITS if rule.select_by.endswith("acc") else LOSS_DIGITS
-    specs[f"{rule.select_by}_mean"] = Column(f"{treat} {score}, seed mean", score_digits)
-    specs[f"{rule.select_by}_std"] = Column("std", score_digits)
-    metric = "test acc. (%)" if acc else "test loss"
+    specs[f"{rule.select_by}_mean"] = Column(f"{treat} {score.label(short=True)}, seed mean", _digits(score))
+    specs[f"{rule.select_by}_std"] = Column("std", _digits(score))
     for arm in ARMS:
-        name = arm_label(getattr(rule, arm))
-        specs[f"{arm}_{rule.metric}_mean"] = Column(f"{name} {metric}", ACC_DIGITS if acc else LOSS_DIGITS)
-        specs[f"{arm}_{rule.metric}_std"] = Column(f"{name} std", ACC_DIGITS if acc else LOSS_DIGITS)
+        name = arm_label(rule, arm)
+        specs[f"{arm}_{rule.metric}_mean"] = Column(f"{name} {measure.label(short=True)}", _digits(measure))
+        specs[f"{arm}_{rule.metric}_std"] = Column(f"{name} std", _digits(measure))
         specs[f"{arm}_train_loss_mean"] = Column(f"{name} train loss", None)
         specs[f"{arm}_train_loss_std"] = Column(f"{name} train loss std", None)
     return specs
@@ -79,7 +81,7 @@ def analysis_spec(column: str, rule: SelectionRule) -> Column | None:
         prefix = f"{arm}_analysis."
         if column.startswith(prefix):
             name, _, stat = column[len(prefix):].rpartition("_")
-            words = f"{arm_label(getattr(rule, arm))} {_ANALYSIS_WORDS.get(name, name)}"
+            words = f"{arm_label(rule, arm)} {_ANALYSIS_WORDS.get(name, name)}"
             return Column(words if stat == "mean" else f"{words} std")
     return None
 
@@ -109,3 +111,10 @@ def _cell(value: Any, digits: int | None) -> str:
     if math.isnan(number):
         return MISSING
     return f"{number:,.{digits}f}"
+
+
+def _digits(metric: Metric, *, gain: bool = False) -> int:
+    """Decimals shown for a metric's values (or gains): percentages and returns in fixed precision, losses finer."""
+    if metric.percent:
+        return GAIN_DIGITS if gain else ACC_DIGITS
+    return LOSS_DIGITS if metric.kind == "loss" else RETURN_DIGITS

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from samscale.selection.select import ARMS, SelectionRule, analysis_names
+from samscale.spec.metric import Metric
 
 FIGSIZE = (6.0, 4.0)
 DPI = 100
@@ -47,10 +48,13 @@ class Plot:
     table: pd.DataFrame
 
 
-def arm_label(filters: dict[str, Any]) -> str:
-    """Short legend name of an arm from its filter: {'optim.name': 'sam'} → 'SAM'."""
+def arm_label(rule: SelectionRule, arm: str) -> str:
+    """Short legend name of an arm ('baseline' or 'treatment'): its entry in `rule.labels`, else made from its
+    filter ({'optim.name': 'sam'} → 'SAM')."""
+    if arm in rule.labels:
+        return rule.labels[arm]
     parts = []
-    for column, value in filters.items():
+    for column, value in getattr(rule, arm).items():
         if isinstance(value, str):
             parts.append(value.upper())
         else:
@@ -60,16 +64,16 @@ def arm_label(filters: dict[str, Any]) -> str:
 
 def metric_label(metric: str) -> str:
     """Axis text of a metric with its unit: 'test_acc' → 'test accuracy (%)'."""
-    split, kind = metric.split("_")
-    return f"{'validation' if split == 'val' else split} {'accuracy (%)' if kind == 'acc' else 'loss'}"
+    return Metric(metric).label()
 
 
 def gain_label(rule: SelectionRule) -> str:
     """Axis text of the gain, in the direction that makes positive mean 'treatment better'."""
-    treat, base = arm_label(rule.treatment), arm_label(rule.baseline)
-    if rule.metric.endswith("acc"):
-        return f"{treat} − {base} test accuracy (percentage points)"
-    return f"{base} − {treat} test loss"
+    treat, base = arm_label(rule, "treatment"), arm_label(rule, "baseline")
+    measure = rule.measure
+    if measure.percent:
+        return f"{treat} − {base} {measure.label().removesuffix(' (%)')} (percentage points)"
+    return f"{treat} − {base} {measure.label()}" if measure.higher_is_better else f"{base} − {treat} {measure.label()}"
 
 
 def epoch_label(rule: SelectionRule) -> str:
@@ -85,7 +89,7 @@ def build_plots(
     paper: pd.DataFrame | None = None,
 ) -> list[Plot]:
     """Every figure the data supports, in report order; figures with nothing to draw are left out."""
-    arms = " vs ".join(arm_label(getattr(rule, arm)) for arm in ARMS)
+    arms = " vs ".join(arm_label(rule, arm) for arm in ARMS)
     plots = [gain_plot(summary, selected, rule, paper)]
     plots += [tuned_plot(summary, selected, rule, column) for column in rule.tune]
     plots.append(arms_plot(summary, rule, rule.metric, metric_label(rule.metric) + ", mean ± std over seeds",
@@ -176,7 +180,7 @@ def arms_plot(summary: pd.DataFrame, rule: SelectionRule, name: str, ylabel: str
         group_color = next(colors)  # one colour per group; without groups, one per arm
         for arm in ARMS:
             color = group_color if rule.group_by else COLORS[ARMS.index(arm)]
-            legend = f"{arm_label(getattr(rule, arm))}{' ' + label if label else ''}"
+            legend = f"{arm_label(rule, arm)}{' ' + label if label else ''}"
             _band(ax, _drawable(rows, f"{arm}_{name}_mean"), f"{arm}_{name}_mean", f"{arm}_{name}_std",
                   color=color, label=legend, linestyle=ARM_STYLE[arm])
     values = drawn[columns[::2]].to_numpy(dtype=float)

@@ -23,6 +23,7 @@ from samscale.selection.select import (
     ARMS, COMPLETE, DIVERGED, STATUSES, UNFINISHED, SelectionRule, prepare, rho_table, selected_frame, summarize,
 )
 from samscale.selection.trend import trend_table
+from samscale.spec.metric import KINDS
 
 FIGURE_DIR = "figures"
 NO_RUNS = "No complete runs yet: nothing to compare or plot."
@@ -96,7 +97,7 @@ def write_report(
         stale.unlink()  # a rebuilt report shows only the figures its data supports now
     figures = [_Figure(plot, *save_plot(plot, out / FIGURE_DIR)) for plot in plots]
     header = {**header, "runs": progress_line(frame), "selection": _selection_text(rule, expected_seeds),
-              "untuned default": default_text(rule, summary), "no-effect null": null_text(PERMUTATIONS),
+              "untuned default": default_text(rule, summary), "no-effect null": null_text(PERMUTATIONS, rule),
               **trend_sentences(trend, rule)}
     message = None if figures else (NO_PAIRS if has_complete else NO_RUNS)
     results = readable(_results(summary, rule, paper), rule) if len(summary) else pd.DataFrame()
@@ -123,9 +124,18 @@ def _selection_text(rule: SelectionRule, expected_seeds: int | None) -> str:
     groups = f"; kept apart by {', '.join(rule.group_by)}" if rule.group_by else ""
     seeds = f"; {expected_seeds} seeds expected per size" if expected_seeds else ""
     return (f"{tuned} chosen per size on the seed-mean {rule.select_by} (never on test), then every seed evaluated "
-            f"at that choice; reported: {rule.metric} at the {epoch_label(rule)}{groups}{seeds}. Accuracies in %, "
-            "gains in percentage points (pp); lines are means over seeds, bands mean ± sample std, the 95% CI is "
-            "the Student-t half-width over seeds; hollow markers are partial sizes.")
+            f"at that choice; reported: {rule.metric} at the {epoch_label(rule)}{groups}{seeds}. {_units(rule)}; "
+            "lines are means over seeds, bands mean ± sample std, the 95% CI is the Student-t half-width over seeds; "
+            "hollow markers are partial sizes.")
+
+
+def _units(rule: SelectionRule) -> str:
+    """How the report's numbers are expressed, for the rule's metric."""
+    if rule.measure.percent:
+        return f"{KINDS[rule.measure.kind].words.capitalize()} in %, gains in percentage points (pp)"
+    if rule.measure.kind == "return":
+        return "Returns are mean undiscounted episode returns, gains differences of them"
+    return "Losses as computed by the training objective, gains as differences of them"
 
 
 def _markdown(*, title, header, notes, figures, message, results, progress, rule) -> str:

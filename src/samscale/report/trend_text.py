@@ -6,6 +6,7 @@ from typing import Any
 import pandas as pd
 
 from samscale.report.columns import axis_label
+from samscale.report.figures import arm_label
 from samscale.selection.trend import MIN_SEEDS, MIN_SIZES
 from samscale.spec.study import SelectionRule
 
@@ -57,8 +58,10 @@ def default_text(rule: SelectionRule, summary: pd.DataFrame) -> str:
     return f"{setting}, not tuned: its gain shows what tuning adds"
 
 
-def null_text(permutations: int) -> str:
+def null_text(permutations: int, rule: SelectionRule) -> str:
     """How the no-effect expectation is computed."""
+    tuned = " and ".join(axis_label(c) for c in rule.tune) or "setting"
     return (f"the tuned gain expected with no effect, from {permutations} within-seed permutations of the runs "
-            "between SGD and every ρ (whole selection redone each time; fewer for very large studies); "
+            f"between {arm_label(rule, 'baseline')} and every {tuned} (whole selection redone each time; fewer for "
+            "very large studies); "
             "p (permutation) is the one-sided share of shuffles with a gain at least the observed one")

@@ -41,7 +41,7 @@ def selection_null(frame: pd.DataFrame, rule: SelectionRule, *, permutations: in
     n_slots = slots.groupby([slots[c] for c in cell], dropna=False, sort=True)["_slot"].max() + 1
     positions = wide.index.to_frame(index=False).groupby(cell, dropna=False, sort=True).indices
     sign_score = 1.0 if rule.maximize else -1.0
-    sign_metric = 1.0 if rule.metric.endswith("acc") else -1.0
+    sign_metric = 1.0 if rule.measure.higher_is_better else -1.0
     results, buckets = {}, {}
     for key, count in n_slots.items():
         at = positions[key]

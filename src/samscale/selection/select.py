@@ -11,9 +11,10 @@ there is none, because a run's validation and test scores share that run's noise
 choosing shrinks this bias by √(number of seeds), and `selection.null` measures what is left.
 
 Conventions:
-- Accuracies are reported in percent and gains in percentage points; losses are reported as they are.
-- Gain is positive when the treatment (SAM) is better: treatment − baseline for accuracy, baseline − treatment
-  for loss.
+- Accuracies are reported in percent and gains in percentage points; losses and episode returns as they are
+  (`samscale.spec.metric`).
+- Gain is positive when the treatment (SAM) is better: treatment − baseline for accuracy and return, baseline −
+  treatment for loss.
 - Only `complete` runs are evaluated. A setting with a `diverged` run on any seed is never chosen (it is counted).
   `pending`, `running` and `failed` runs are unfinished (failed runs are retried by the executors): a setting's
   mean is over its complete seeds so far, and any unfinished run of a size marks that size's summary as partial.
@@ -100,8 +101,8 @@ def prepare(frame: pd.DataFrame, rule: SelectionRule) -> Prepared:
     keys = [*cell, rule.seed_key]
     arms = pd.concat([frame[base_mask].assign(_arm="baseline"), frame[treat_mask].assign(_arm="treatment")],
                      ignore_index=True)
-    arms["_score"] = pd.to_numeric(arms[rule.score_column], errors="coerce").astype(float) * _scale(rule.select_by)
-    arms["_metric"] = pd.to_numeric(arms[rule.metric_column], errors="coerce").astype(float) * _scale(rule.metric)
+    arms["_score"] = pd.to_numeric(arms[rule.score_column], errors="coerce").astype(float) * rule.score.scale
+    arms["_metric"] = pd.to_numeric(arms[rule.metric_column], errors="coerce").astype(float) * rule.measure.scale
     arms["_cfg"] = _settings(arms, rule, keys)
     means = _setting_means(arms, rule, cell)
     chosen = means.loc[means["_chosen"], [*cell, "_arm", "_cfg"]]
@@ -381,11 +382,7 @@ def _default_runs(prep: Prepared, rule: SelectionRule) -> pd.DataFrame:
 
 def _gain(treatment: pd.Series, baseline: pd.Series, rule: SelectionRule) -> pd.Series:
     treatment, baseline = (pd.to_numeric(s, errors="coerce").astype(float) for s in (treatment, baseline))
-    return treatment - baseline if rule.metric.endswith("acc") else baseline - treatment
-
-
-def _scale(metric: str) -> float:
-    return 100.0 if metric.endswith("acc") else 1.0
+    return rule.measure.gain(treatment, baseline)
 
 
 def _selected_columns(rule: SelectionRule, analyses: list[str]) -> list[str]:

@@ -76,7 +76,7 @@ def trend_table(summary: pd.DataFrame, rule: SelectionRule) -> dict[str, Any]:
     """The trend statistics of a `summarize` output, one entry per group, as written to trend.json."""
     groups = []
     rng = np.random.default_rng(SEED)
-    unit = "pp" if rule.metric.endswith("acc") else "loss"
+    unit = rule.measure.gain_unit or rule.measure.kind
     if summary.empty or "gain_seeds" not in summary:
         return {"groups": [{"group": {}, **_trend(pd.DataFrame(columns=["n_params", "gain_seeds"]), rng)}],
                 "method": METHOD, "unit": unit}

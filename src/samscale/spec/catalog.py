@@ -21,9 +21,12 @@ DATASET_NAMES: tuple[str, ...] = (
     "solubility",
     "sst2",
     "sst2-standin",
+    "pos",
+    "pos-standin",
 )
 
-FAMILY_NAMES: tuple[str, ...] = ("mlp", "resnet18", "resnet", "resnet50", "vit", "two_layer", "gcn", "dqn", "lstm")
+FAMILY_NAMES: tuple[str, ...] = ("mlp", "resnet18", "resnet", "resnet50", "vit", "two_layer", "gcn", "dqn", "lstm",
+                                "transformer")
 
 ANALYSIS_NAMES: tuple[str, ...] = (
     "lambda_max",

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from samscale.errors import ConfigError, format_validation_error
+from samscale.spec.metric import Metric
 from samscale.spec.run import RunSpec, build_spec, check_field, flatten, load_yaml, set_dotted
 
 
@@ -53,7 +54,9 @@ class SelectionRule(BaseModel):
     evaluated at it; `tune` names the treatment hyperparameters that may differ between a size's runs and are
     reported as chosen (`optim.rho` → `rho_star`). `default` is an untuned treatment setting reported beside the
     tuned one (when omitted and ρ is tuned: ρ = 0.05, the usual SAM default). `epoch` says whether metrics come
-    from the final epoch or the best-validation epoch (early stopping).
+    from the final epoch or the best-validation epoch (early stopping). `select_by` and `metric` are accuracies,
+    losses or (reinforcement learning) episode returns (`samscale.spec.metric`); `labels` names the arms in reports
+    (e.g. {baseline: Adam} when the baseline arm is Adam without SAM).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,13 +65,14 @@ class SelectionRule(BaseModel):
     treatment: dict[str, Any] = {"optim.name": "sam"}
     size_key: str = "model.size"
     tune: list[str] = ["optim.rho"]
-    select_by: Literal["val_acc", "val_loss"] = "val_acc"
-    metric: Literal["test_acc", "test_loss"] = "test_acc"
+    select_by: Literal["val_acc", "val_loss", "val_return"] = "val_acc"
+    metric: Literal["test_acc", "test_loss", "test_return"] = "test_acc"
     epoch: Literal["final", "best"] = "final"
     group_by: list[str] = []
     seed_key: str = "train.seed"
     default: dict[str, Any] = {}
     params: Literal["total", "nonzero"] = "total"  # x-axis: all parameters, or the non-zero ones of pruned runs
+    labels: dict[str, str] = {}  # display names of the arms, e.g. {baseline: Adam}; default: from the filters
 
     @model_validator(mode="before")
     @classmethod
@@ -90,6 +94,8 @@ class SelectionRule(BaseModel):
         stars = [star_name(column) for column in self.tune]
         if len(set(stars)) != len(stars):
             raise ValueError(f"tune columns {self.tune} end in the same name; their chosen values would collide")
+        if unknown := sorted(set(self.labels) - set(ARMS)):
+            raise ValueError(f"labels names {unknown}; valid keys are {list(ARMS)}")
         if untuned := sorted(set(self.default) - set(self.tune)):
             raise ValueError(f"default names {untuned}, which are not tuned; default may only set tune columns "
                              f"({self.tune})")
@@ -105,8 +111,18 @@ class SelectionRule(BaseModel):
 
     @property
     def maximize(self) -> bool:
-        """Whether a larger validation score is better (accuracy) rather than smaller (loss)."""
-        return self.select_by.endswith("acc")
+        """Whether a larger validation score is better (accuracy, return) rather than smaller (loss)."""
+        return self.score.higher_is_better
+
+    @property
+    def score(self) -> Metric:
+        """The validation score the choice is made on (`select_by`), with its direction and display."""
+        return Metric(self.select_by)
+
+    @property
+    def measure(self) -> Metric:
+        """The reported test metric (`metric`), with its direction and display."""
+        return Metric(self.metric)
 
     @property
     def score_column(self) -> str:

@@ -6,7 +6,7 @@ by `train_ensemble` in one process (this one, or one of a pool of workers). To t
 while it trains, and its events are recorded by `StoreRecorder` as they happen, so a killed sweep resumes each member
 from its last checkpoint, like any other executor's runs. Runs that cannot be packed (see
 `samscale.train.ensemble.unpackable_reason`: unsupported families, sparsity, m-sharpness, Adam bases, bf16,
-streamed data), and packs that would hold a single run, go to the `fallback` executor, one `train_run` each.
+streamed data, per-token tagging), and packs that would hold a single run, go to the `fallback` executor, one `train_run` each.
 """
 from __future__ import annotations
 

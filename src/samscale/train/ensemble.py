@@ -26,8 +26,9 @@ number of members trained in that epoch (each member's share of the machine).
 What cannot be packed (`unpackable_reason` says why; executors train such runs one by one with `train_run`): model
 families outside `PACKABLE_FAMILIES` (ResNet-50 and ViT are untested here; graph and RL models take other inputs),
 pruning masks (`sparsity`), m-sharpness (`optim.m`), Adam/AdamW bases, bf16 autocast, streamed image folders
-(ImageNet), and any setting this trainer does not know about left at a non-default value. `runtime.compile` and
-`runtime.channels_last` only change speed and are ignored here.
+(ImageNet), per-token tagging datasets (their loss and accuracy count real tokens, which the pack's meters do not;
+they train one by one, exactly), and any setting this trainer does not know about left at a non-default value.
+`runtime.compile` and `runtime.channels_last` only change speed and are ignored here.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from samscale.data import make_loader
+from samscale.data.dataset import ACCURACY_TASKS
+from samscale.data.registry import TAGGING_DATASETS
 from samscale.optim import SAM, frozen_bn_stats
 from samscale.spec.run import RunSpec
 from samscale.spec.status import RunStatus
@@ -84,6 +87,8 @@ def unpackable_reason(spec: RunSpec) -> str | None:
         return "bf16 autocast (runtime.bf16)"
     if spec.data.name in STREAMED_DATASETS:
         return f"dataset {spec.data.name!r} is streamed from disk"
+    if spec.data.name in TAGGING_DATASETS:
+        return f"dataset {spec.data.name!r} is per-token tagging (trained one by one)"
     for section, known in _KNOWN_FIELDS.items():
         value = getattr(spec, section)
         default = type(value)()
@@ -176,7 +181,7 @@ class _Member:
             return train_run(self.spec, workdir=workdir, on_event=_without_start(emit))
         if self.status == RunStatus.RUNNING:
             return RunResult(run_id, RunStatus.RUNNING, {}, self.run.history)
-        final = summarize_history(self.run.history, classification=self.run.dataset.task == "classification")
+        final = summarize_history(self.run.history, classification=self.run.dataset.task in ACCURACY_TASKS)
         final["n_params"] = self.run.n_params
         final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in self.run.model.parameters()))
         final["data_source"] = self.run.dataset.source
@@ -223,6 +228,8 @@ class _Pack:
         self.device = device
         self.members = sorted(members, key=lambda m: not m.spec.optim.is_sam)  # SAM members first (stable)
         first = self.members[0].run
+        if first.dataset.task not in ("classification", "regression"):
+            raise ValueError(f"the ensemble trainer packs classification and regression runs, not {first.dataset.task}")
         self.loss_fn = first.loss_fn
         self.classification = first.dataset.task == "classification"
         self.template = copy.deepcopy(first.model).to("meta")  # structure only; the weights are stacked below

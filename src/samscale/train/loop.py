@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samscale.data import Dataset, ImageFolderSplit, Split, load_dataset, make_loader
+from samscale.data.dataset import ACCURACY_TASKS
+from samscale.data.text import IGNORE_LABEL
 from samscale.models.registry import build_model, count_params
 from samscale.optim import SAM, sam_update
 from samscale.optim.sync import GradientSync, rank_slice
@@ -81,10 +83,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def loss_function(dataset: Dataset) -> Callable[[Tensor, Tensor], Tensor]:
-    """Cross-entropy for classification, mean squared error for regression (mean over the batch)."""
+    """Cross-entropy for classification, mean squared error for regression (means over the batch); for tagging,
+    cross-entropy averaged over the batch's real tokens (padding targets are IGNORE_LABEL and count for nothing)."""
     if dataset.task == "classification":
         return F.cross_entropy
+    if dataset.task == "tagging":
+        return token_cross_entropy
     return lambda output, target: F.mse_loss(output.reshape(target.shape), target)
+
+
+def token_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+    """Mean cross-entropy over the real tokens of (N, L, C) logits against (N, L) labels (IGNORE_LABEL: padding)."""
+    return F.cross_entropy(output.flatten(0, -2), target.flatten(), ignore_index=IGNORE_LABEL)
 
 
 def build_optimizer(spec: RunSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -238,7 +248,7 @@ class _Run:
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training set; returns the running mean loss/accuracy of the clean passes."""
         self.model.train()
-        meter = EpochMeter(classification=self.dataset.task == "classification")
+        meter = EpochMeter(self.dataset.task)
         autocast = _autocast(self.spec, self.device)
         for x, y in self.loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -290,7 +300,7 @@ class _Run:
     def evaluate(self, split: Split | ImageFolderSplit, prefix: str) -> dict[str, float]:
         """Loss (and accuracy) of the current model over a whole split, in eval mode."""
         loader = make_loader(split, self.spec.runtime.eval_batch_size, shuffle=False)
-        return evaluate(self.forward, loader, self.loss_fn, self.device, prefix=prefix)
+        return evaluate(self.forward, loader, self.loss_fn, self.device, prefix=prefix, task=self.dataset.task)
 
     def evaluate_all(self) -> dict[str, float]:
         """Validation and test metrics of the current model."""
@@ -383,7 +393,7 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
             save_checkpoint(ckpt, run.state())
         emit(EpochEnded(run_id, run.epoch, row))
 
-    final = summarize_history(run.history, classification=run.dataset.task == "classification")
+    final = summarize_history(run.history, classification=run.dataset.task in ACCURACY_TASKS)
     final["n_params"] = run.n_params
     final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in run.model.parameters()))
     final["data_source"] = run.dataset.source
@@ -400,7 +410,8 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
 
 
 def summarize_history(history: list[dict[str, float]], *, classification: bool) -> dict[str, Any]:
-    """Final-epoch metrics and the metrics at the epoch of best validation (accuracy, or loss for regression)."""
+    """Final-epoch metrics and the metrics at the epoch of best validation: accuracy when `classification` (tasks
+    scored by accuracy: classification and tagging), else loss."""
     if not history:
         return {}
     last = history[-1]

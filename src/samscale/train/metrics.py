@@ -1,36 +1,70 @@
-"""Loss and accuracy: running means over an epoch's clean passes, and full evaluations of a split."""
+"""Loss and accuracy: running means over an epoch's clean passes, and full evaluations of a split.
+
+Means are weighted by examples, except for per-token tagging, where every real token counts once and padding
+positions (target `IGNORE_LABEL`) not at all: a batch's loss is then its mean over real tokens (see
+`samscale.train.loop.loss_function`), weighted by its number of real tokens, so the epoch mean is the mean over all
+real tokens of the epoch, whatever the sentence lengths.
+"""
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, get_args
 
 import torch
 from torch import Tensor, nn
 
+from samscale.data.dataset import ACCURACY_TASKS, Task
+from samscale.data.text import IGNORE_LABEL
+
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 class EpochMeter:
-    """Example-weighted running mean of loss (and accuracy for classification) over one epoch."""
+    """Running mean of loss (and accuracy for classification and tagging) over one epoch, weighted by examples, or
+    by real tokens for tagging."""
 
-    def __init__(self, classification: bool):
-        self.classification = classification
+    def __init__(self, task: str):
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+        self.task = task
+        self.scores_accuracy = task in ACCURACY_TASKS
         self.loss_sum: Tensor | float = 0.0
         self.correct: Tensor | int = 0
-        self.count = 0
+        self.count: Tensor | int = 0
 
     def update(self, loss: Tensor, output: Tensor, target: Tensor) -> None:
-        """Add one batch (kept as device tensors: no host sync per step)."""
-        n = target.shape[0]
+        """Add one batch whose mean loss is `loss` (kept as device tensors: no host sync per step)."""
+        if self.task == "tagging":
+            real = target != IGNORE_LABEL
+            n: Tensor | int = real.sum()
+            hits = ((output.argmax(dim=-1) == target) & real).sum()
+        else:
+            n = target.shape[0]
+            hits = (output.argmax(dim=-1) == target).sum() if self.scores_accuracy else 0
         self.loss_sum = self.loss_sum + loss.detach().double() * n
-        if self.classification:
-            self.correct = self.correct + (output.argmax(dim=-1) == target).sum()
-        self.count += n
+        self.correct = self.correct + hits
+        self.count = self.count + n
 
     def result(self, prefix: str = "") -> dict[str, float]:
         """Mean loss (and accuracy) over everything seen, keyed with `prefix`."""
-        metrics = {f"{prefix}loss": float(self.loss_sum) / max(self.count, 1)}
-        if self.classification:
-            metrics[f"{prefix}acc"] = int(self.correct) / max(self.count, 1)
+        count = max(int(self.count), 1)
+        metrics = {f"{prefix}loss": float(self.loss_sum) / count}
+        if self.scores_accuracy:
+            metrics[f"{prefix}acc"] = int(self.correct) / count
         return metrics
+
+
+def infer_task(output: Tensor, target: Tensor) -> str:
+    """The task a batch's shapes imply: float targets are regression; int64 targets of shape (N,) with outputs
+    (N, C) classification, of shape (N, L) with outputs (N, L, C) tagging; anything else is an error."""
+    if target.is_floating_point():
+        return "regression"
+    if target.dtype == torch.int64 and output.dim() == target.dim() + 1 and output.shape[:-1] == target.shape:
+        if target.dim() == 1:
+            return "classification"
+        if target.dim() == 2:
+            return "tagging"
+    raise ValueError(f"cannot tell the task of outputs {tuple(output.shape)} and {target.dtype} targets "
+                     f"{tuple(target.shape)}; pass task= (one of {', '.join(TASKS)})")
 
 
 @torch.no_grad()
@@ -40,16 +74,21 @@ def evaluate(
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     device: torch.device | str = "cpu",
     prefix: str = "",
+    task: str | None = None,
 ) -> dict[str, float]:
-    """Mean loss (and accuracy) of `model` in eval mode over all batches; restores the model's mode."""
+    """Mean loss (and accuracy) of `model` in eval mode over all batches; restores the model's mode.
+
+    `task` (see `samscale.data.dataset.Task`) says how to weigh and score; when None it is read from the first
+    batch's output and target shapes (`infer_task`).
+    """
     was_training = model.training
     model.eval()
     meter: EpochMeter | None = None
     try:
         for x, y in batches:
             x, y = x.to(device), y.to(device)
-            meter = meter or EpochMeter(classification=y.dtype == torch.int64)
             output = model(x)
+            meter = meter or EpochMeter(task if task is not None else infer_task(output, y))
             meter.update(loss_fn(output, y), output, y)
     finally:
         model.train(was_training)

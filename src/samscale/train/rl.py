@@ -213,9 +213,7 @@ class _Agent:
         self.q.train(was_training)
         mean = sum(returns) / len(returns)
         std = math.sqrt(sum((r - mean) ** 2 for r in returns) / max(len(returns) - 1, 1))
-        # The selection and reports compare `*_loss` columns (lower is better) when a study selects on val_loss:
-        # for a DQN run that column is minus the mean return, so "baseline − SAM loss" is SAM's gain in return.
-        return {f"{stream}_return": mean, f"{stream}_return_std": std, f"{stream}_loss": -mean}
+        return {f"{stream}_return": mean, f"{stream}_return_std": std}
 
     # -- checkpoint state ------------------------------------------------------------------------------------
     def state(self, *, weights_only: bool = False) -> dict[str, Any]:
