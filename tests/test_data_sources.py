@@ -323,5 +323,5 @@ def test_standin_falls_back_to_mnist_and_says_so(no_installed_sources):
 def test_every_registered_name_is_documented():
     assert set(DATASETS) == {"mnist", "fashion-mnist", "cifar10", "cifar10-standin", "imagenet", "mnist1d",
                              "teacher-student", "least-squares", "sine-1d", "molecules", "solubility", "sst2",
-                             "sst2-standin", "pos", "pos-standin"}
+                             "sst2-standin", "pos", "pos-standin", "ogbg-molpcba"}
     assert all(entry.summary for entry in DATASETS.values())

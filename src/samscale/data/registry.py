@@ -18,6 +18,7 @@ from samscale.data.imagenet import build_imagenet
 from samscale.data.label_noise import symmetric_label_noise
 from samscale.data.mnist import build_mnist
 from samscale.data.mnist1d import build_mnist1d
+from samscale.data.ogb_molecules import build_ogbg_molpcba
 from samscale.data.molecules import build_molecules, build_solubility
 from samscale.data.options import non_negative_int, resolve_options
 from samscale.data.partition import partition_indices
@@ -68,10 +69,19 @@ DATASETS: dict[str, DatasetEntry] = _Registry({
     "pos": DatasetEntry(build_pos, "a UD treebank's CoNLL-U train/test files, 17 UPOS tags per token"),
     "pos-standin": DatasetEntry(build_pos_standin,
                                 "hidden-Markov UPOS grammar with ambiguous words, 12000/2000 sentences; for pos"),
+    "ogbg-molpcba": DatasetEntry(build_ogbg_molpcba,
+                                 "OGB's 437,929 molecules, 128 binary tasks (AP), scaffold train/valid/test split"),
 })
 
 TAGGING_DATASETS: tuple[str, ...] = ("pos", "pos-standin")
 """The datasets whose task is per-token tagging, known without loading them (`load_dataset` checks the list)."""
+
+MULTILABEL_DATASETS: tuple[str, ...] = ("ogbg-molpcba",)
+"""The datasets whose task is multilabel (binary tasks with missing labels), known without loading them."""
+
+OFFICIAL_VALIDATION_DATASETS: tuple[str, ...] = ("ogbg-molpcba",)
+"""The datasets whose validation split is their own official one (`SourceDataset.val`), not carved from training:
+they take `val_size=0` (nothing carved), checked before the (slow) load."""
 
 
 def load_dataset(
@@ -90,7 +100,8 @@ def load_dataset(
     """Load dataset `name` and apply the shared protocol, deterministically for given seeds.
 
     The validation split (`val_size`: a count, or a fraction of the official training set) is carved from the
-    official training set with `split_seed`; `train_subset` keeps that many of the remaining training examples
+    official training set with `split_seed` (datasets with an official validation split, OFFICIAL_VALIDATION_DATASETS,
+    use it instead and take val_size=0); `train_subset` keeps that many of the remaining training examples
     (the next ones of the same permutation); symmetric label noise at rate `label_noise` (seeded by `noise_seed`)
     replaces training labels only, each by a uniformly drawn *different* class. The test split is the official
     one, untouched. `options` are dataset-specific (see `DATASETS[name].options`).
@@ -100,16 +111,24 @@ def load_dataset(
     if isinstance(label_noise, bool) or not isinstance(label_noise, numbers.Real) or not 0.0 <= label_noise <= 1.0:
         raise ConfigError(f"label_noise must be a rate in [0, 1], got {label_noise!r}")
     split_seed, noise_seed = non_negative_int("split_seed", split_seed), non_negative_int("noise_seed", noise_seed)
+    if name in OFFICIAL_VALIDATION_DATASETS and val_size != 0:
+        raise ConfigError(f"dataset {name!r} comes with its own validation split, which is used as is: set "
+                          f"val_size=0 (nothing is carved from its training set), got val_size={val_size!r}")
     source = entry.build(root=root, download=download, augment=augment, **settings)
-    if (source.task == "tagging") != (name in TAGGING_DATASETS):
-        raise RuntimeError(f"dataset {name!r} has task {source.task!r}, but TAGGING_DATASETS says otherwise; "
-                           "list every tagging dataset there")
+    for kind, listed, where in (("tagging", TAGGING_DATASETS, "TAGGING_DATASETS"),
+                                ("multilabel", MULTILABEL_DATASETS, "MULTILABEL_DATASETS")):
+        if (source.task == kind) != (name in listed):
+            raise RuntimeError(f"dataset {name!r} has task {source.task!r}, but {where} says otherwise; "
+                               f"list every {kind} dataset there")
+    if (source.val is not None) != (name in OFFICIAL_VALIDATION_DATASETS):
+        raise RuntimeError(f"dataset {name!r} and OFFICIAL_VALIDATION_DATASETS disagree on whether it has an "
+                           "official validation split; list every such dataset there")
     train_index, val_index = partition_indices(
         len(source.train), val_size=val_size, seed=split_seed, train_subset=train_subset
     )
     whole = len(train_index) == len(source.train)  # sorted and complete: the identity, so skip the copy
     train = source.train if whole else source.train.subset(train_index)
-    val = source.train.subset(val_index).as_eval()
+    val = (source.val if source.val is not None else source.train.subset(val_index)).as_eval()
     noisy_mask = None
     if label_noise > 0:
         if source.task != "classification" or source.num_classes is None:

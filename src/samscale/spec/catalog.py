@@ -23,6 +23,7 @@ DATASET_NAMES: tuple[str, ...] = (
     "sst2-standin",
     "pos",
     "pos-standin",
+    "ogbg-molpcba",
 )
 
 FAMILY_NAMES: tuple[str, ...] = ("mlp", "resnet18", "resnet", "resnet50", "vit", "two_layer", "gcn", "dqn", "lstm",

@@ -1,8 +1,9 @@
 """What a score column means: which way is better, how it is scaled and how a report names it.
 
 Runs record scores per split (`train`, `val`, `test`) of a few kinds: `acc` (classification or per-token accuracy,
-a fraction; reported in percent, gains in percentage points), `loss` (the training objective; lower is better) and
-`return` (a reinforcement-learning agent's mean episode return; higher is better, reported as it is). Selection and
+a fraction; reported in percent, gains in percentage points), `ap` (multilabel average precision as OGB defines it,
+a fraction reported like accuracy), `loss` (the training objective; lower is better) and `return` (a
+reinforcement-learning agent's mean episode return; higher is better, reported as it is). Selection and
 reports ask this module rather than parsing names themselves, so a new kind of score is added here, once, in KINDS.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Kind:
 
 KINDS = {
     "acc": Kind("accuracy", "acc.", percent=True, higher_is_better=True),
+    "ap": Kind("average precision", "AP", percent=True, higher_is_better=True),
     "loss": Kind("loss", "loss", percent=False, higher_is_better=False),
     "return": Kind("episode return", "return", percent=False, higher_is_better=True),
 }
@@ -51,7 +53,7 @@ class Metric:
 
     @property
     def higher_is_better(self) -> bool:
-        """Accuracy and return grow with quality; loss shrinks."""
+        """Accuracy, average precision and return grow with quality; loss shrinks."""
         return KINDS[self.kind].higher_is_better
 
     @property

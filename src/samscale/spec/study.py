@@ -10,7 +10,8 @@ A study YAML looks like:
       - {name: sam, set: {optim.name: sam}, grid: {optim.rho: [0.01, 0.05, 0.2]}}
     selection: {baseline: {optim.name: sgd}, treatment: {optim.name: sam}, tune: [optim.rho]}
 
-Recipes add `budgets:` (smoke, cpu, paper), each of which may `set` base fields and replace `grid` axes or `arms`.
+Recipes add `budgets:` (smoke, cpu, paper), each of which may `set` base fields, replace `grid` axes or `arms`, and
+replace fields of the `selection` rule (e.g. a budget on another dataset scored by another metric).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from samscale.errors import ConfigError, format_validation_error
 from samscale.spec.metric import Metric
@@ -55,8 +56,8 @@ class SelectionRule(BaseModel):
     reported as chosen (`optim.rho` → `rho_star`). `default` is an untuned treatment setting reported beside the
     tuned one (when omitted and ρ is tuned: ρ = 0.05, the usual SAM default). `epoch` says whether metrics come
     from the final epoch or the best-validation epoch (early stopping). `select_by` and `metric` are accuracies,
-    losses or (reinforcement learning) episode returns (`samscale.spec.metric`); `labels` names the arms in reports
-    (e.g. {baseline: Adam} when the baseline arm is Adam without SAM).
+    multilabel average precisions, losses or (reinforcement learning) episode returns (`samscale.spec.metric`);
+    `labels` names the arms in reports (e.g. {baseline: Adam} when the baseline arm is Adam without SAM).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -65,8 +66,8 @@ class SelectionRule(BaseModel):
     treatment: dict[str, Any] = {"optim.name": "sam"}
     size_key: str = "model.size"
     tune: list[str] = ["optim.rho"]
-    select_by: Literal["val_acc", "val_loss", "val_return"] = "val_acc"
-    metric: Literal["test_acc", "test_loss", "test_return"] = "test_acc"
+    select_by: Literal["val_acc", "val_loss", "val_return", "val_ap"] = "val_acc"
+    metric: Literal["test_acc", "test_loss", "test_return", "test_ap"] = "test_acc"
     epoch: Literal["final", "best"] = "final"
     group_by: list[str] = []
     seed_key: str = "train.seed"
@@ -140,6 +141,20 @@ class SelectionRule(BaseModel):
         return [star_name(column) for column in self.tune]
 
 
+def budget_selection(rule: SelectionRule, fields: dict[str, Any]) -> SelectionRule:
+    """`rule` with the fields a budget replaces (`fields`, possibly none), validated as a whole; a replaced `tune`
+    without its own `default` gets the default derived for it (ρ = 0.05 when ρ is tuned), not the study's."""
+    if not fields:
+        return rule
+    merged = {**rule.model_dump(), **fields}
+    if "tune" in fields and "default" not in fields:
+        merged.pop("default")
+    try:
+        return SelectionRule.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, model=SelectionRule)) from None
+
+
 def star_name(column: str) -> str:
     """Name of the column holding the value chosen for a tuned hyperparameter: `optim.rho` → `rho_star`."""
     return f"{column.rsplit('.', 1)[-1]}_star"
@@ -168,13 +183,15 @@ def _checked_arms(arms: list[Arm]) -> list[Arm]:
 
 
 class Budget(BaseModel):
-    """How a recipe shrinks or grows: base overrides, replaced grid axes, optionally replaced arms."""
+    """How a recipe shrinks or grows: base overrides, replaced grid axes, optionally replaced arms, and replaced
+    fields of the selection rule (`selection`: a partial SelectionRule; the study's other fields stay)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     description: str = ""
     set: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
     arms: list[Arm] | None = None
+    selection: dict[str, Any] = {}
     expected_minutes: float | None = None
 
     _set = field_validator("set")(_checked_set)
@@ -184,6 +201,14 @@ class Budget(BaseModel):
     @classmethod
     def _some_arms(cls, arms: list[Arm] | None) -> list[Arm] | None:
         return arms if arms is None else _checked_arms(arms)
+
+    @field_validator("selection")
+    @classmethod
+    def _known_selection_fields(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        if unknown := sorted(set(fields) - set(SelectionRule.model_fields)):
+            raise ValueError(f"unknown field(s) {unknown} of a selection rule; valid: "
+                             f"{', '.join(SelectionRule.model_fields)}")
+        return fields
 
 
 class Study(BaseModel):
@@ -219,8 +244,22 @@ class Study(BaseModel):
             check_field(column)
         return rule
 
+    @field_validator("budgets")
+    @classmethod
+    def _valid_budget_selections(cls, budgets: dict[str, Budget], info: ValidationInfo) -> dict[str, Budget]:
+        """Every budget's selection, merged into the study's, is a valid rule (checked now, not when first used)."""
+        rule = info.data.get("selection")  # absent when the study's own rule failed (reported on its own)
+        for name, budget in budgets.items() if rule is not None else ():
+            try:
+                cls._known_selection_columns(budget_selection(rule, budget.selection))
+            except ValueError as err:
+                message = str(err).removeprefix("invalid configuration:\n  ")
+                got = "" if "got " in message else f" (got {budget.selection!r})"
+                raise ValueError(f"{name}.selection: {message}{got}") from None
+        return budgets
+
     def with_budget(self, budget: str) -> "Study":
-        """This study shrunk or grown to a named budget (its `set`, `grid` and `arms` applied)."""
+        """This study shrunk or grown to a named budget (its `set`, `grid`, `arms` and `selection` applied)."""
         if budget not in self.budgets:
             valid = ", ".join(self.budgets) or "none defined"
             raise ConfigError(f"study {self.name!r} has no budget {budget!r}; valid: {valid}")
@@ -230,7 +269,8 @@ class Study(BaseModel):
             set_dotted(base, key, value)
         grid = {**self.grid, **chosen.grid}
         arms = chosen.arms if chosen.arms is not None else self.arms
-        return self.model_copy(update=dict(base=base, grid=grid, arms=arms, budget=budget))
+        selection = budget_selection(self.selection, chosen.selection)
+        return self.model_copy(update=dict(base=base, grid=grid, arms=arms, selection=selection, budget=budget))
 
     def expand(self) -> list[RunSpec]:
         """Every RunSpec of the study: for each arm, the product of the shared and the arm's grid axes."""

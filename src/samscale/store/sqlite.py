@@ -24,7 +24,8 @@ from samscale.spec.run import RunSpec, flatten
 from samscale.spec.status import FINISHED, STORED, RunStatus
 
 STATUSES = tuple(status.value for status in STORED)
-METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "val_return", "test_return")
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "val_return", "test_return",
+           "val_ap", "test_ap")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

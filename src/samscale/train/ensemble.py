@@ -27,7 +27,8 @@ What cannot be packed (`unpackable_reason` says why; executors train such runs o
 families outside `PACKABLE_FAMILIES` (ResNet-50 and ViT are untested here; graph and RL models take other inputs),
 pruning masks (`sparsity`), m-sharpness (`optim.m`), Adam/AdamW bases, bf16 autocast, streamed image folders
 (ImageNet), per-token tagging datasets (their loss and accuracy count real tokens, which the pack's meters do not;
-they train one by one, exactly), and any setting this trainer does not know about left at a non-default value.
+they train one by one, exactly), multilabel datasets (labelled-entry losses and average precision over a whole split,
+likewise), and any setting this trainer does not know about left at a non-default value.
 `runtime.compile` and `runtime.channels_last` only change speed and are ignored here.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ from torch.func import functional_call, vmap
 
 from samscale.data import make_loader
 from samscale.data.dataset import ACCURACY_TASKS
-from samscale.data.registry import TAGGING_DATASETS
+from samscale.data.registry import MULTILABEL_DATASETS, TAGGING_DATASETS
 from samscale.optim import SAM, frozen_bn_stats
 from samscale.spec.run import RunSpec
 from samscale.spec.status import RunStatus
@@ -89,6 +90,8 @@ def unpackable_reason(spec: RunSpec) -> str | None:
         return f"dataset {spec.data.name!r} is streamed from disk"
     if spec.data.name in TAGGING_DATASETS:
         return f"dataset {spec.data.name!r} is per-token tagging (trained one by one)"
+    if spec.data.name in MULTILABEL_DATASETS:
+        return f"dataset {spec.data.name!r} is multilabel, scored by average precision (trained one by one)"
     for section, known in _KNOWN_FIELDS.items():
         value = getattr(spec, section)
         default = type(value)()

@@ -84,17 +84,28 @@ def resolve_device(name: str) -> torch.device:
 
 def loss_function(dataset: Dataset) -> Callable[[Tensor, Tensor], Tensor]:
     """Cross-entropy for classification, mean squared error for regression (means over the batch); for tagging,
-    cross-entropy averaged over the batch's real tokens (padding targets are IGNORE_LABEL and count for nothing)."""
+    cross-entropy averaged over the batch's real tokens (padding targets are IGNORE_LABEL and count for nothing);
+    for multilabel, binary cross-entropy with logits averaged over the batch's labelled entries (NaN: missing)."""
     if dataset.task == "classification":
         return F.cross_entropy
     if dataset.task == "tagging":
         return token_cross_entropy
+    if dataset.task == "multilabel":
+        return labelled_binary_cross_entropy
     return lambda output, target: F.mse_loss(output.reshape(target.shape), target)
 
 
 def token_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
     """Mean cross-entropy over the real tokens of (N, L, C) logits against (N, L) labels (IGNORE_LABEL: padding)."""
     return F.cross_entropy(output.flatten(0, -2), target.flatten(), ignore_index=IGNORE_LABEL)
+
+
+def labelled_binary_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+    """Mean binary cross-entropy with logits of (N, T) outputs over the entries of (N, T) 0/1 targets that are not
+    NaN (missing labels), as OGB's molecule examples train; 0 for a batch without a single label (no gradient)."""
+    labelled = ~torch.isnan(target)
+    losses = F.binary_cross_entropy_with_logits(output, torch.where(labelled, target, 0.0), reduction="none")
+    return (losses * labelled).sum() / labelled.sum().clamp_min(1)
 
 
 def build_optimizer(spec: RunSpec, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -393,7 +404,7 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
             save_checkpoint(ckpt, run.state())
         emit(EpochEnded(run_id, run.epoch, row))
 
-    final = summarize_history(run.history, classification=run.dataset.task in ACCURACY_TASKS)
+    final = summarize_history(run.history, task=run.dataset.task)
     final["n_params"] = run.n_params
     final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in run.model.parameters()))
     final["data_source"] = run.dataset.source
@@ -409,9 +420,14 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
     return RunResult(run_id, status, final, run.history)
 
 
-def summarize_history(history: list[dict[str, float]], *, classification: bool) -> dict[str, Any]:
-    """Final-epoch metrics and the metrics at the epoch of best validation: accuracy when `classification` (tasks
-    scored by accuracy: classification and tagging), else loss."""
+def summarize_history(
+    history: list[dict[str, float]], *, classification: bool = False, task: str | None = None,
+) -> dict[str, Any]:
+    """Final-epoch metrics and the metrics at the epoch of best validation score: the task's (`task`: highest
+    average precision for multilabel, highest accuracy for classification and tagging, lowest loss otherwise), or
+    without `task` accuracy when `classification`, else loss. A NaN score (no task scorable) is never the best."""
+    if task is not None:
+        classification = task in ACCURACY_TASKS
     if not history:
         return {}
     last = history[-1]
@@ -419,7 +435,9 @@ def summarize_history(history: list[dict[str, float]], *, classification: bool) 
     final["epochs_done"] = int(last["epoch"])
     scored = [row for row in history if "val_loss" in row]
     if scored:
-        if classification:
+        if task == "multilabel":
+            best = max(scored, key=lambda row: -math.inf if math.isnan(row["val_ap"]) else row["val_ap"])
+        elif classification:
             best = max(scored, key=lambda row: row["val_acc"])
         else:
             best = min(scored, key=lambda row: row["val_loss"])

@@ -1,9 +1,13 @@
-"""Loss and accuracy: running means over an epoch's clean passes, and full evaluations of a split.
+"""Loss, accuracy and average precision: running means over an epoch's clean passes, and full evaluations of a split.
 
 Means are weighted by examples, except for per-token tagging, where every real token counts once and padding
 positions (target `IGNORE_LABEL`) not at all: a batch's loss is then its mean over real tokens (see
 `samscale.train.loop.loss_function`), weighted by its number of real tokens, so the epoch mean is the mean over all
-real tokens of the epoch, whatever the sentence lengths.
+real tokens of the epoch, whatever the sentence lengths. Multilabel losses are weighted the same way by labelled
+entries (NaN targets are missing labels). Multilabel tasks are scored by OGB's average precision
+(`samscale.train.average_precision`), which ranks a whole split's scores and is no running mean: `evaluate` collects
+every output of the split for it, and training epochs report the loss only (`train_ap` is never an epoch metric;
+`final_train_ap` is measured at the end, like the final training loss).
 """
 from __future__ import annotations
 
@@ -14,13 +18,14 @@ from torch import Tensor, nn
 
 from samscale.data.dataset import ACCURACY_TASKS, Task
 from samscale.data.text import IGNORE_LABEL
+from samscale.train.average_precision import mean_average_precision
 
 TASKS: tuple[str, ...] = get_args(Task)
 
 
 class EpochMeter:
-    """Running mean of loss (and accuracy for classification and tagging) over one epoch, weighted by examples, or
-    by real tokens for tagging."""
+    """Running mean of loss (and accuracy for classification and tagging) over one epoch, weighted by examples, by
+    real tokens for tagging, or by labelled entries for multilabel (which gets no accuracy: see the module)."""
 
     def __init__(self, task: str):
         if task not in TASKS:
@@ -37,6 +42,8 @@ class EpochMeter:
             real = target != IGNORE_LABEL
             n: Tensor | int = real.sum()
             hits = ((output.argmax(dim=-1) == target) & real).sum()
+        elif self.task == "multilabel":
+            n, hits = (~torch.isnan(target)).sum(), 0
         else:
             n = target.shape[0]
             hits = (output.argmax(dim=-1) == target).sum() if self.scores_accuracy else 0
@@ -76,20 +83,31 @@ def evaluate(
     prefix: str = "",
     task: str | None = None,
 ) -> dict[str, float]:
-    """Mean loss (and accuracy) of `model` in eval mode over all batches; restores the model's mode.
+    """Mean loss (and accuracy, or for multilabel average precision) of `model` in eval mode over all batches;
+    restores the model's mode.
 
     `task` (see `samscale.data.dataset.Task`) says how to weigh and score; when None it is read from the first
-    batch's output and target shapes (`infer_task`).
+    batch's output and target shapes (`infer_task`, which cannot tell multilabel from regression: pass it).
+    For multilabel, every output and target of the split is kept to rank them for average precision (`ap`).
     """
     was_training = model.training
     model.eval()
     meter: EpochMeter | None = None
+    kept: list[tuple[Tensor, Tensor]] = []
     try:
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             output = model(x)
             meter = meter or EpochMeter(task if task is not None else infer_task(output, y))
             meter.update(loss_fn(output, y), output, y)
+            if meter.task == "multilabel":
+                kept.append((output.float(), y))
     finally:
         model.train(was_training)
-    return meter.result(prefix) if meter is not None else {}
+    if meter is None:
+        return {}
+    metrics = meter.result(prefix)
+    if meter.task == "multilabel":
+        scores, targets = (torch.cat(parts) for parts in zip(*kept))
+        metrics[f"{prefix}ap"] = mean_average_precision(scores, targets)
+    return metrics
