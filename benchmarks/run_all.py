@@ -3,7 +3,7 @@
 By default the three that compare samscale with what a user would otherwise pick, each against its goal:
 `bench_pyhessian` (top-3 eigenvalues, trace and density against PyHessian; goal ≥ 3× at equal or better accuracy),
 `bench_ensemble` (runs per hour of the ensemble executor against the local pool; goal ≥ 3×) and `bench_optim` (SAM/SGD
-step-time ratio and SAM's own overhead; goals ≤ 2.0 and ≤ 3 %). About 15 minutes on 2 idle cores.
+step-time ratio and SAM's own overhead; goals ≤ 2.0 and ≤ 3 %). About 6 minutes on 2 idle cores.
 
     python benchmarks/run_all.py                    the three above
     python benchmarks/run_all.py --all              every bench_*.py in this folder (adds sweep, Hessian modes,

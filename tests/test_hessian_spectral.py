@@ -76,6 +76,31 @@ def test_lanczos_restarts_when_the_krylov_space_is_invariant():
     torch.testing.assert_close(result.eigenvalues, torch.tensor([5.0, 4.0, 3.0], dtype=DT), rtol=1e-12, atol=1e-12)
 
 
+def test_lanczos_basis_stays_orthonormal_on_a_long_run_with_outliers():
+    """150 steps on a 200-dim spectrum with 3 big outliers over a dense cluster: without full reorthogonalization
+    the outliers converge early and come back as ghost copies; with it, Q stays orthonormal and no copy appears."""
+    from samscale.hessian.lanczos import LanczosProcess, orthogonalize, random_unit_vector
+    from samscale.hessian.operator import as_operator
+
+    g = torch.Generator().manual_seed(0)
+    eigenvalues = torch.cat([torch.tensor([100.0, 60.0, 30.0], dtype=torch.float64),
+                             torch.rand(197, generator=g, dtype=torch.float64)])
+    rotation, _ = torch.linalg.qr(torch.randn(200, 200, generator=g, dtype=torch.float64))
+    matrix = rotation @ torch.diag(eigenvalues) @ rotation.T
+    process = LanczosProcess(as_operator(matrix), random_unit_vector(200, dtype=torch.float64, generator=g), 150)
+    process.run()
+    q = process.basis[: process.steps]
+    assert process.steps == 150
+    assert float((q @ q.T - torch.eye(150, dtype=torch.float64)).abs().max()) < 1e-12
+    ritz = torch.linalg.eigvalsh(process.tridiagonal())
+    assert int((ritz > 10).sum()) == 3  # each outlier once: no ghosts
+    assert torch.allclose(ritz[-3:], torch.tensor([30.0, 60.0, 100.0], dtype=torch.float64), rtol=1e-10)
+    # a vector almost inside the basis: one Gram–Schmidt pass cancels badly, the second pass fixes it
+    nearly = q[:10].sum(dim=0) + 1e-9 * random_unit_vector(200, dtype=torch.float64, generator=g)
+    rest = orthogonalize(nearly, q[:10])
+    assert float((q[:10] @ rest).abs().max()) < 1e-12 * float(rest.norm())  # one pass leaves ≈ 1e-6 of it
+
+
 def test_power_iteration_agrees_with_lanczos_and_eigvalsh(mlp_hessian):
     op, exact = mlp_hessian
     top = float(torch.linalg.eigvalsh(exact)[-1])

@@ -19,10 +19,26 @@ def random_unit_vector(
     return (v / v.norm()).to(device)
 
 
+REORTHOGONALIZE_AGAIN = 2 ** -0.5
+"""A second Gram–Schmidt pass runs when the first shrank the vector below this fraction of its norm (the
+Daniel–Gragg–Kaufman–Stewart criterion: "twice is enough", and once is enough when little cancelled)."""
+
+
+def orthogonalize(vector: Tensor, basis: Tensor) -> Tensor:
+    """`vector` with its components along the orthonormal rows of `basis` removed: classical Gram–Schmidt, repeated
+    once when cancellation made the first pass inexact. Each pass reads the whole basis twice, which dominates the
+    cost of long Lanczos runs on large models, so the second is done only when needed."""
+    before = vector.norm()
+    vector = vector - basis.T @ (basis @ vector)
+    if vector.norm() < REORTHOGONALIZE_AGAIN * before:
+        vector = vector - basis.T @ (basis @ vector)
+    return vector
+
+
 class LanczosProcess:
     """The Lanczos three-term recurrence, one matvec per `step`, building an orthonormal Krylov basis Q and the
-    tridiagonal T = QᵀAQ. Every new vector is reorthogonalized twice against all previous ones (full
-    reorthogonalization), which keeps Q orthonormal to working precision and prevents ghost eigenvalues."""
+    tridiagonal T = QᵀAQ. Every new vector is reorthogonalized against all previous ones (full reorthogonalization,
+    `orthogonalize`), which keeps Q orthonormal to working precision and prevents ghost eigenvalues."""
 
     def __init__(self, op: LinearOperator, start: Tensor, max_steps: int) -> None:
         self.op = op
@@ -43,9 +59,7 @@ class LanczosProcess:
         w = w - alpha * q
         if j > 0:
             w = w - self.betas[j - 1] * self.basis[j - 1]
-        known = self.basis[: j + 1]
-        for _ in range(2):
-            w = w - known.T @ (known @ w)
+        w = orthogonalize(w, self.basis[: j + 1])
         self.alphas.append(float(alpha))
         self.steps += 1
         self.residual = w
@@ -79,8 +93,7 @@ class LanczosProcess:
         known = self.basis[: self.steps]
         for _ in range(3):
             v = random_unit_vector(self.op.size, dtype=self.dtype, device=self.op.device, generator=generator)
-            for _ in range(2):
-                v = v - known.T @ (known @ v)
+            v = orthogonalize(orthogonalize(v, known), known)  # a random start may lie almost inside the basis
             norm = v.norm()
             if norm > 1e-8:
                 return v / norm

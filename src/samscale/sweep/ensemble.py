@@ -30,11 +30,13 @@ DEFAULT_MAX_MEMBERS = 32
 """Largest pack by default."""
 
 DEFAULT_MAX_PACK_PARAMS = 500_000
-"""Most parameters of all members of a pack together (counted on the family's default input shape). On a busy
-2-core CPU, 9 packed MNIST MLPs of width 0.25 (61k parameters each) trained 1.6× faster per core than one by one,
-but 9 of width 1 (266k each) only 0.6× as fast, and 5 of width 1 end to end 0.73× (benchmarks/bench_ensemble.py):
-packing stops paying between widths 0.5 and 1. With this budget width 0.25 packs up to 8 runs, width 0.5 up to 3,
-and width 1 and larger train one by one."""
+"""Most parameters of all members of a pack together (counted on the family's default input shape). With this
+budget width-0.25 MNIST MLPs (61k parameters each) pack up to 8 runs, width 0.5 up to 3, and width 1 and larger
+train one by one. On an idle 2-core CPU packing barely pays (`benchmarks/bench_ensemble.py`, one process, one
+thread): 9 packed width-0.25 MLPs train 1.27× as fast per core as one by one, 3 packed only 0.69×, 9 of width 1
+1.00×; end to end against the local pool the executor runs at 0.74–0.97× (widths 0.25–1). CPU steps of these
+models are bound by their matrix products, which packing does not shrink; packing is for GPUs, where a small model
+leaves the device idle (not measured here: no GPU was available)."""
 
 
 class Executor(Protocol):
