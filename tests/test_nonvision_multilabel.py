@@ -18,7 +18,8 @@ from samscale.spec.run import build_spec
 from samscale.spec.study import SelectionRule, Study
 from samscale.train.average_precision import binary_average_precision, mean_average_precision
 from samscale.train.ensemble import unpackable_reason
-from samscale.train.loop import labelled_binary_cross_entropy, summarize_history
+from samscale.train.loop import labelled_binary_cross_entropy
+from samscale.train.summary import summarize_history, validation_score
 from samscale.train.metrics import EpochMeter, evaluate
 
 NAN = math.nan
@@ -134,9 +135,9 @@ def test_best_epoch_is_chosen_by_validation_ap_and_nan_never_wins():
         {"epoch": 2, "val_loss": 0.40, "val_ap": 0.25, "test_ap": 0.22},
         {"epoch": 3, "val_loss": 0.10, "val_ap": NAN, "test_ap": 0.30},
     ]
-    final = summarize_history(history, task="multilabel")
+    final = summarize_history(history, score=validation_score("multilabel"))
     assert final["best_epoch"] == 2 and final["best_val_ap"] == 0.25 and final["final_test_ap"] == 0.30
-    assert summarize_history(history, task="regression")["best_epoch"] == 3  # loss-scored: lowest loss
+    assert summarize_history(history, score=validation_score("regression"))["best_epoch"] == 3  # loss-scored: lowest loss
 
 
 def test_multilabel_runs_are_left_to_train_one_by_one():

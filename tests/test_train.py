@@ -7,7 +7,8 @@ from samscale.spec.run import build_spec
 from samscale.store import RunStore
 from samscale.sweep.recorder import StoreRecorder
 from samscale.train.checkpoint import load_checkpoint
-from samscale.train.loop import build_model_for, dataset_for, summarize_history, train_run
+from samscale.train.loop import build_model_for, dataset_for, train_run
+from samscale.train.summary import summarize_history
 from samscale.workdir import checkpoint_path
 
 
@@ -97,9 +98,9 @@ def test_summarize_history_picks_best_validation_epoch():
         {"epoch": 2, "val_acc": 0.8, "val_loss": 0.6, "test_acc": 0.7, "test_loss": 0.7, "train_loss": 1.0},
         {"epoch": 3, "val_acc": 0.7, "val_loss": 0.5, "test_acc": 0.9, "test_loss": 0.4, "train_loss": 0.5},
     ]
-    final = summarize_history(history, classification=True)
+    final = summarize_history(history, score="val_acc")
     assert final["best_epoch"] == 2 and final["best_test_acc"] == 0.7 and final["final_test_acc"] == 0.9
-    assert summarize_history(history, classification=False)["best_epoch"] == 3
+    assert summarize_history(history, score="val_loss")["best_epoch"] == 3
 
 
 @pytest.mark.slow

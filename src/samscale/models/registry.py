@@ -89,6 +89,20 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _positive_int_size(family: str, size: Any) -> int:
+    """`size` when it is a positive int (a width or a filter count), else the family's size error."""
+    if not _is_int(size) or size < 1:
+        raise FAMILIES[family].size_error(size)
+    return size
+
+
+def _token_shape(family: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(length, vocabulary size): the input shape of token-id models."""
+    if len(shape) != 2:
+        raise ValueError(f"{family} needs input_shape (length, vocabulary size) of token-id inputs, got {shape}")
+    return shape  # type: ignore[return-value]
+
+
 def _image_shape(family: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(shape) != 3:
         raise ValueError(f"{family} needs input_shape (channels, height, width), got {shape}")
@@ -105,8 +119,7 @@ def _resolve_mlp(size: Any, shape: tuple[int, ...], classes: int, options: dict)
 
 
 def _resolve_resnet18(size: Any, shape: tuple[int, ...], classes: int, options: dict) -> dict:
-    if not _is_int(size) or size < 1:
-        raise FAMILIES["resnet18"].size_error(size)
+    size = _positive_int_size("resnet18", size)
     return dict(filters=size, num_classes=classes, in_channels=_image_shape("resnet18", shape)[0])
 
 
@@ -118,8 +131,7 @@ def _resolve_resnet(size: Any, shape: tuple[int, ...], classes: int, options: di
 
 
 def _resolve_resnet50(size: Any, shape: tuple[int, ...], classes: int, options: dict) -> dict:
-    if not _is_int(size) or size < 1:
-        raise FAMILIES["resnet50"].size_error(size)
+    size = _positive_int_size("resnet50", size)
     return dict(filters=size, num_classes=classes, in_channels=_image_shape("resnet50", shape)[0])
 
 
@@ -140,34 +152,27 @@ def _resolve_vit(size: Any, shape: tuple[int, ...], classes: int, options: dict)
 
 
 def _resolve_two_layer(size: Any, shape: tuple[int, ...], classes: int, options: dict) -> dict:
-    if not _is_int(size) or size < 1:
-        raise FAMILIES["two_layer"].size_error(size)
+    size = _positive_int_size("two_layer", size)
     return dict(width=size, in_features=math.prod(shape), out_features=classes,
                 activation=options["activation"], bias=options["bias"])
 
 
 def _resolve_gcn(size: Any, shape: tuple[int, ...], classes: int, options: dict) -> dict:
-    if not _is_int(size) or size < 1:
-        raise FAMILIES["gcn"].size_error(size)
+    size = _positive_int_size("gcn", size)
     if len(shape) != 2 or shape[1] <= shape[0]:
         raise ValueError(f"gcn needs input_shape (nodes, features + nodes), got {shape}")
     return dict(width=size, depth=options["depth"], in_features=shape[1] - shape[0], num_classes=classes)
 
 
 def _resolve_lstm(size: Any, shape: tuple[int, ...], classes: int, options: dict) -> dict:
-    if not _is_int(size) or size < 1:
-        raise FAMILIES["lstm"].size_error(size)
-    if len(shape) != 2:
-        raise ValueError(f"lstm needs input_shape (length, vocabulary size) of token-id inputs, got {shape}")
-    return dict(width=size, vocab_size=shape[1], num_classes=classes)
+    size = _positive_int_size("lstm", size)
+    return dict(width=size, vocab_size=_token_shape("lstm", shape)[1], num_classes=classes)
 
 
 def _resolve_transformer(size: Any, shape: tuple[int, ...], classes: int, options: dict) -> dict:
-    if not _is_int(size) or size < 1:
-        raise FAMILIES["transformer"].size_error(size)
-    if len(shape) != 2:
-        raise ValueError(f"transformer needs input_shape (length, vocabulary size) of token-id inputs, got {shape}")
-    return dict(width=size, depth=options["depth"], heads=options["heads"], vocab_size=shape[1], max_len=shape[0],
+    size = _positive_int_size("transformer", size)
+    length, vocab_size = _token_shape("transformer", shape)
+    return dict(width=size, depth=options["depth"], heads=options["heads"], vocab_size=vocab_size, max_len=length,
                 num_classes=classes)
 
 

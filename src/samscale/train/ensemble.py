@@ -46,14 +46,14 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from samscale.data import make_loader
-from samscale.data.dataset import ACCURACY_TASKS
 from samscale.data.registry import MULTILABEL_DATASETS, TAGGING_DATASETS
 from samscale.optim import SAM, frozen_bn_stats
 from samscale.spec.run import RunSpec
 from samscale.spec.status import RunStatus
 from samscale.train.checkpoint import load_checkpoint, save_checkpoint
 from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunEvent, RunStarted
-from samscale.train.loop import RunResult, _Run, _torch_threads, resolve_device, summarize_history, train_run
+from samscale.train.loop import RunResult, _Run, _torch_threads, resolve_device, train_run
+from samscale.train.summary import summarize_history, validation_score
 from samscale.workdir import checkpoint_path
 
 PACKABLE_FAMILIES: tuple[str, ...] = ("mlp", "two_layer", "resnet18", "resnet")
@@ -184,7 +184,7 @@ class _Member:
             return train_run(self.spec, workdir=workdir, on_event=_without_start(emit))
         if self.status == RunStatus.RUNNING:
             return RunResult(run_id, RunStatus.RUNNING, {}, self.run.history)
-        final = summarize_history(self.run.history, classification=self.run.dataset.task in ACCURACY_TASKS)
+        final = summarize_history(self.run.history, score=validation_score(self.run.dataset.task))
         final["n_params"] = self.run.n_params
         final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in self.run.model.parameters()))
         final["data_source"] = self.run.dataset.source

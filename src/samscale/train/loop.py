@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samscale.data import Dataset, ImageFolderSplit, Split, load_dataset, make_loader
-from samscale.data.dataset import ACCURACY_TASKS
 from samscale.data.text import IGNORE_LABEL
 from samscale.models.registry import build_model, count_params
 from samscale.optim import SAM, sam_update
@@ -35,6 +34,7 @@ from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunStarted
 from samscale.train.rl import train_rl
 from samscale.train.metrics import EpochMeter, evaluate
 from samscale.train.schedule import lr_multiplier
+from samscale.train.summary import summarize_history, validation_score
 from samscale.hessian.analyze import scalar_summary
 from samscale.workdir import checkpoint_path
 
@@ -404,7 +404,7 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
             save_checkpoint(ckpt, run.state())
         emit(EpochEnded(run_id, run.epoch, row))
 
-    final = summarize_history(run.history, task=run.dataset.task)
+    final = summarize_history(run.history, score=validation_score(run.dataset.task))
     final["n_params"] = run.n_params
     final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in run.model.parameters()))
     final["data_source"] = run.dataset.source
@@ -418,29 +418,3 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
             save_checkpoint(ckpt, run.state(weights_only=not spec.runtime.keep_optimizer_state))
     emit(RunEnded(run_id, status, final))
     return RunResult(run_id, status, final, run.history)
-
-
-def summarize_history(
-    history: list[dict[str, float]], *, classification: bool = False, task: str | None = None,
-) -> dict[str, Any]:
-    """Final-epoch metrics and the metrics at the epoch of best validation score: the task's (`task`: highest
-    average precision for multilabel, highest accuracy for classification and tagging, lowest loss otherwise), or
-    without `task` accuracy when `classification`, else loss. A NaN score (no task scorable) is never the best."""
-    if task is not None:
-        classification = task in ACCURACY_TASKS
-    if not history:
-        return {}
-    last = history[-1]
-    final = {f"final_{key}": value for key, value in last.items() if key not in ("epoch", "lr", "seconds")}
-    final["epochs_done"] = int(last["epoch"])
-    scored = [row for row in history if "val_loss" in row]
-    if scored:
-        if task == "multilabel":
-            best = max(scored, key=lambda row: -math.inf if math.isnan(row["val_ap"]) else row["val_ap"])
-        elif classification:
-            best = max(scored, key=lambda row: row["val_acc"])
-        else:
-            best = min(scored, key=lambda row: row["val_loss"])
-        final["best_epoch"] = int(best["epoch"])
-        final.update({f"best_{key}": best[key] for key in best if key.startswith(("val_", "test_"))})
-    return final

@@ -38,6 +38,7 @@ from samscale.spec.run import RunSpec
 from samscale.spec.status import RunStatus
 from samscale.train.checkpoint import load_checkpoint, save_checkpoint
 from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunStarted
+from samscale.train.summary import summarize_history
 from samscale.workdir import checkpoint_path
 
 AGENT_SEED_OFFSET = 5_000_011  # exploration and replay sampling
@@ -242,21 +243,6 @@ class _Agent:
                              "only a finished run's checkpoint may be weights-only")
 
 
-def summarize_rl_history(history: list[dict[str, float]]) -> dict[str, Any]:
-    """Final-epoch metrics and the metrics of the epoch with the best validation return."""
-    if not history:
-        return {}
-    last = history[-1]
-    final: dict[str, Any] = {f"final_{k}": v for k, v in last.items() if k not in ("epoch", "lr", "seconds")}
-    final["epochs_done"] = int(last["epoch"])
-    scored = [row for row in history if "val_return" in row]
-    if scored:
-        best = max(scored, key=lambda row: row["val_return"])
-        final["best_epoch"] = int(best["epoch"])
-        final.update({f"best_{k}": best[k] for k in best if k.startswith(("val_", "test_"))})
-    return final
-
-
 def train_rl(
     spec: RunSpec,
     workdir: str | Path | None,
@@ -300,7 +286,7 @@ def train_rl(
         if ckpt is not None:
             save_checkpoint(ckpt, agent.state())
         emit(EpochEnded(run_id, agent.epoch, row))
-    final = summarize_rl_history(agent.history)
+    final = summarize_history(agent.history, score="val_return")
     final.update(n_params=agent.n_params, n_nonzero=int(sum(int((p != 0).sum()) for p in agent.q.parameters())),
                  data_source=f"MinAtar {spec.rl.env} (minatar {minatar_version()}), sticky actions "
                              f"p={spec.rl.sticky_action_prob}; stand-in for Atari (ALE)",
