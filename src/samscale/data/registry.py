@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from samscale.data.cifar10 import build_cifar10
-from samscale.data.dataset import Dataset, SourceDataset
+from samscale.data.dataset import Dataset, SourceDataset, Task
 from samscale.data.errors import ConfigError, UnknownDataset
 from samscale.data.fashion_mnist import build_fashion_mnist
 from samscale.data.imagenet import build_imagenet
@@ -32,10 +32,15 @@ _COMMON = ("root", "download", "augment")
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A registered source: its builder and the dataset-specific options it accepts (with their defaults)."""
+    """A registered source: its builder, its task and whether it brings an official validation split (both known
+    without loading it; `load_dataset` checks them against what the builder returns), and the dataset-specific
+    options it accepts (with their defaults). A source with an official validation split (`SourceDataset.val`, e.g.
+    OGB's scaffold split) takes `val_size=0`: nothing is carved from its training set."""
 
     build: Callable[..., SourceDataset]
     summary: str
+    task: Task = "classification"
+    official_validation: bool = False
 
     @property
     def options(self) -> Mapping[str, Any]:
@@ -58,30 +63,24 @@ DATASETS: dict[str, DatasetEntry] = _Registry({
                                     "Fashion-MNIST (or MNIST) as 3x32x32, normalized, pad-crop-flip; for cifar10"),
     "imagenet": DatasetEntry(build_imagenet, "ImageNet class folders, streamed, Inception crop / center crop"),
     "mnist1d": DatasetEntry(build_mnist1d, "MNIST-1D 4000/1000, length-40 signals, generated and cached"),
-    "teacher-student": DatasetEntry(build_teacher_student, "regression on a random two-layer ReLU teacher"),
-    "least-squares": DatasetEntry(build_least_squares, "linear regression y = X w*"),
-    "sine-1d": DatasetEntry(build_sine_1d, "a handful of points of a 1-D sine"),
+    "teacher-student": DatasetEntry(build_teacher_student, "regression on a random two-layer ReLU teacher",
+                                    task="regression"),
+    "least-squares": DatasetEntry(build_least_squares, "linear regression y = X w*", task="regression"),
+    "sine-1d": DatasetEntry(build_sine_1d, "a handful of points of a 1-D sine", task="regression"),
     "molecules": DatasetEntry(build_molecules, "your labelled molecule files (SDF or SMILES CSV) as padded graphs"),
     "sst2": DatasetEntry(build_sst2, "GLUE SST-2 67,349 train / 872 dev (as test) sentences from its TSV files"),
     "sst2-standin": DatasetEntry(build_sst2_standin, "generated-lexicon sentiment with negation, 8000/1000; for sst2"),
     "solubility": DatasetEntry(build_solubility,
                                "Huuskonen solubility, 1025/257 molecules, 3 classes, padded graphs; for ogbg-molpcba"),
-    "pos": DatasetEntry(build_pos, "a UD treebank's CoNLL-U train/test files, 17 UPOS tags per token"),
+    "pos": DatasetEntry(build_pos, "a UD treebank's CoNLL-U train/test files, 17 UPOS tags per token",
+                        task="tagging"),
     "pos-standin": DatasetEntry(build_pos_standin,
-                                "hidden-Markov UPOS grammar with ambiguous words, 12000/2000 sentences; for pos"),
+                                "hidden-Markov UPOS grammar with ambiguous words, 12000/2000 sentences; for pos",
+                                task="tagging"),
     "ogbg-molpcba": DatasetEntry(build_ogbg_molpcba,
-                                 "OGB's 437,929 molecules, 128 binary tasks (AP), scaffold train/valid/test split"),
+                                 "OGB's 437,929 molecules, 128 binary tasks (AP), scaffold train/valid/test split",
+                                 task="multilabel", official_validation=True),
 })
-
-TAGGING_DATASETS: tuple[str, ...] = ("pos", "pos-standin")
-"""The datasets whose task is per-token tagging, known without loading them (`load_dataset` checks the list)."""
-
-MULTILABEL_DATASETS: tuple[str, ...] = ("ogbg-molpcba",)
-"""The datasets whose task is multilabel (binary tasks with missing labels), known without loading them."""
-
-OFFICIAL_VALIDATION_DATASETS: tuple[str, ...] = ("ogbg-molpcba",)
-"""The datasets whose validation split is their own official one (`SourceDataset.val`), not carved from training:
-they take `val_size=0` (nothing carved), checked before the (slow) load."""
 
 
 def load_dataset(
@@ -100,7 +99,7 @@ def load_dataset(
     """Load dataset `name` and apply the shared protocol, deterministically for given seeds.
 
     The validation split (`val_size`: a count, or a fraction of the official training set) is carved from the
-    official training set with `split_seed` (datasets with an official validation split, OFFICIAL_VALIDATION_DATASETS,
+    official training set with `split_seed` (datasets with an official validation split, `DatasetEntry.official_validation`,
     use it instead and take val_size=0); `train_subset` keeps that many of the remaining training examples
     (the next ones of the same permutation); symmetric label noise at rate `label_noise` (seeded by `noise_seed`)
     replaces training labels only, each by a uniformly drawn *different* class. The test split is the official
@@ -111,18 +110,14 @@ def load_dataset(
     if isinstance(label_noise, bool) or not isinstance(label_noise, numbers.Real) or not 0.0 <= label_noise <= 1.0:
         raise ConfigError(f"label_noise must be a rate in [0, 1], got {label_noise!r}")
     split_seed, noise_seed = non_negative_int("split_seed", split_seed), non_negative_int("noise_seed", noise_seed)
-    if name in OFFICIAL_VALIDATION_DATASETS and val_size != 0:
+    if entry.official_validation and val_size != 0:
         raise ConfigError(f"dataset {name!r} comes with its own validation split, which is used as is: set "
                           f"val_size=0 (nothing is carved from its training set), got val_size={val_size!r}")
     source = entry.build(root=root, download=download, augment=augment, **settings)
-    for kind, listed, where in (("tagging", TAGGING_DATASETS, "TAGGING_DATASETS"),
-                                ("multilabel", MULTILABEL_DATASETS, "MULTILABEL_DATASETS")):
-        if (source.task == kind) != (name in listed):
-            raise RuntimeError(f"dataset {name!r} has task {source.task!r}, but {where} says otherwise; "
-                               f"list every {kind} dataset there")
-    if (source.val is not None) != (name in OFFICIAL_VALIDATION_DATASETS):
-        raise RuntimeError(f"dataset {name!r} and OFFICIAL_VALIDATION_DATASETS disagree on whether it has an "
-                           "official validation split; list every such dataset there")
+    if source.task != entry.task or (source.val is not None) != entry.official_validation:
+        raise RuntimeError(f"dataset {name!r} returned task {source.task!r} and official validation split "
+                           f"{source.val is not None}, but its DatasetEntry says {entry.task!r} and "
+                           f"{entry.official_validation}; correct the entry")
     train_index, val_index = partition_indices(
         len(source.train), val_size=val_size, seed=split_seed, train_subset=train_subset
     )

@@ -46,7 +46,7 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from samscale.data import make_loader
-from samscale.data.registry import MULTILABEL_DATASETS, TAGGING_DATASETS
+from samscale.data.registry import DATASETS
 from samscale.optim import SAM, frozen_bn_stats
 from samscale.spec.run import RunSpec
 from samscale.spec.status import RunStatus
@@ -88,9 +88,10 @@ def unpackable_reason(spec: RunSpec) -> str | None:
         return "bf16 autocast (runtime.bf16)"
     if spec.data.name in STREAMED_DATASETS:
         return f"dataset {spec.data.name!r} is streamed from disk"
-    if spec.data.name in TAGGING_DATASETS:
+    task = DATASETS[spec.data.name].task
+    if task == "tagging":
         return f"dataset {spec.data.name!r} is per-token tagging (trained one by one)"
-    if spec.data.name in MULTILABEL_DATASETS:
+    if task == "multilabel":
         return f"dataset {spec.data.name!r} is multilabel, scored by average precision (trained one by one)"
     for section, known in _KNOWN_FIELDS.items():
         value = getattr(spec, section)
