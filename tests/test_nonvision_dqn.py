@@ -12,7 +12,8 @@ from samscale.models.registry import build_model, count_params, describe_ladder,
 from samscale.spec.run import build_spec  # noqa: E402
 from samscale.train.checkpoint import load_checkpoint  # noqa: E402
 from samscale.train.loop import train_run  # noqa: E402
-from samscale.train.rl import ReplayBuffer, epsilon, td_loss  # noqa: E402
+from samscale.train.replay import FrameReplay, FrameStack  # noqa: E402
+from samscale.train.rl import epsilon, td_loss  # noqa: E402
 from samscale.workdir import checkpoint_path  # noqa: E402
 
 
@@ -33,19 +34,69 @@ def test_nature_dqn_count_is_the_published_architecture():
         param_count("dqn", 1, stem="tiny")
 
 
-def test_replay_buffer_wraps_and_round_trips():
-    buffer = ReplayBuffer(3, (1, 2, 2))
-    for i in range(5):
-        buffer.add(torch.full((1, 2, 2), i % 2), i, float(i), torch.ones(1, 2, 2), done=i == 4)
-    assert len(buffer) == 3 and buffer.position == 2
-    assert buffer.action.tolist() == [3, 4, 2] and buffer.done.tolist() == [0, 1, 0]
-    copy = ReplayBuffer(3, (1, 2, 2))
-    copy.restore(buffer.state())
-    sampled = [b.sample(4, torch.Generator().manual_seed(0)) for b in (buffer, copy)]
-    for left, right in zip(*sampled):
-        assert torch.equal(left, right)
+def _episodes(buffer: FrameReplay, stack: FrameStack, lengths: list[int], frame_shape=(1, 3, 3)):
+    """Play episodes of the given lengths into `buffer`, frame k filled with k; returns what the agent saw:
+    (absolute slot, observation) after every frame."""
+    seen, k = [], 0
+    for length in lengths:
+        frame = torch.full(frame_shape, k % 251, dtype=torch.uint8)
+        buffer.begin(frame)
+        stack.reset(frame)
+        seen.append((buffer.total - 1, stack.observation()))
+        for step in range(length):
+            k += 1
+            frame = torch.full(frame_shape, k % 251, dtype=torch.uint8)
+            buffer.append(step % 3, float(k), frame, done=step == length - 1)
+            stack.push(frame)
+            seen.append((buffer.total - 1, stack.observation()))
+        k += 1
+    return seen
+
+
+def test_replay_buffer_stores_each_frame_once_and_rebuilds_what_the_agent_saw():
+    buffer, stack = FrameReplay(12, (1, 3, 3), history=4), FrameStack(4)
+    seen = _episodes(buffer, stack, [2, 6, 5])  # 16 slots written into a ring of 12: the first 4 are gone
+    assert buffer.total == 16 and len(buffer) == 12 and buffer.frames.shape == (12, 1, 3, 3)
+    assert buffer.stored_bytes() == 12 * (9 + 8 + 4 + 1 + 8)  # a frame once, plus action, reward, done, start
+    # slots 0-2 hold episode 1, 3-9 episode 2 (frames 3-9), 10-15 episode 3; slots 0-3 are overwritten
+    assert seen[4][1][:, 0, 0].tolist() == [3, 3, 3, 4] and seen[7][1][:, 0, 0].tolist() == [4, 5, 6, 7]
+    for slot, observation in seen[7:]:  # every observation whose frames are all still held is rebuilt exactly
+        assert torch.equal(buffer.stacks(torch.tensor([slot]))[0], observation)
+    s, a, r, s2, done = buffer.sample(300, torch.Generator().manual_seed(0))
+    # s' is s shifted by one frame within an episode, the reward is the new frame's number, reset slots never sampled
+    assert torch.equal(s2[:, :3], s[:, 1:]) and torch.equal(s2[:, 3, 0, 0].float(), r)
+    # the transitions into slots 4-7 need frames of slot 3 (evicted) for s; slot 10 begins an episode
+    assert set(r.long().tolist()) == {8, 9, 11, 12, 13, 14, 15}
+    assert done.tolist() == [float(x in (9, 15)) for x in r.long().tolist()]
+
+
+def test_replay_chunks_append_stay_within_a_tenth_of_the_buffer_and_round_trip(tmp_path):
+    frame_shape = (1, 84, 84)
+    buffer, stack = FrameReplay(320, frame_shape, history=4), FrameStack(4)
+    folder = tmp_path / "replay"
+    _episodes(buffer, stack, [30, 40], frame_shape)
+    meta = buffer.save(folder)
+    first_files = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    _episodes(buffer, stack, [90, 120, 100], frame_shape)  # 72 + 314 = 386 slots: the ring has wrapped
+    meta = buffer.save(folder)
+    buffer.prune(folder)
+    # the first save's full chunks (10 slots each) were not written again; only the partial one was
+    rewritten = [name for name, mtime in first_files.items()
+                 if (folder / name).is_file() and (folder / name).stat().st_mtime_ns != mtime]
+    assert rewritten == [f"{72 // 10:09d}.pt"]
+    on_disk = sum(path.stat().st_size for path in folder.iterdir())
+    assert buffer.stored_bytes() == 320 * (84 * 84 + 21) and on_disk <= 1.1 * buffer.stored_bytes()
+    copy = FrameReplay(320, frame_shape, history=4)
+    copy.restore(folder, meta)
+    for name in ("frames", "action", "reward", "done", "start"):
+        assert torch.equal(getattr(copy, name), getattr(buffer, name))
+    samples = [b.sample(16, torch.Generator().manual_seed(1)) for b in (buffer, copy)]
+    assert all(torch.equal(x, y) for x, y in zip(*samples))
     with pytest.raises(ValueError, match="does not fit"):
-        ReplayBuffer(2, (1, 2, 2)).restore(buffer.state())
+        FrameReplay(100, frame_shape, history=4).restore(folder, meta)
+    next(folder.iterdir()).unlink()
+    with pytest.raises(ValueError, match="missing"):
+        FrameReplay(320, frame_shape, history=4).restore(folder, meta)
 
 
 def test_td_loss_and_epsilon_by_hand():
@@ -99,7 +150,9 @@ def test_dqn_run_is_deterministic_and_resumes_bit_identically(tmp_path):
     assert whole.final["substitute_for"] == "atari"
     first = train_run(spec, workdir=tmp_path, max_epochs=1)
     state = load_checkpoint(checkpoint_path(tmp_path, spec.run_id))  # weights_only=True load
-    assert first.status == "running" and state["epoch"] == 1 and state["buffer"]["obs"].shape[0] == 80
+    # the checkpoint names the buffer's slots (80 steps and the first frame of each episode), not its frames
+    assert first.status == "running" and state["epoch"] == 1 and state["buffer"]["total"] > 80
+    assert not any(isinstance(value, torch.Tensor) for value in state["buffer"].values())
     resumed = train_run(spec, workdir=tmp_path)
     assert resumed.status == "complete"
     for left, right in zip(whole.history, resumed.history):

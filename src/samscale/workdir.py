@@ -4,6 +4,7 @@
       samscale.db               the run store (SQLite)
       study.yaml                the study a sweep ran (so its report can be rebuilt any time)
       checkpoints/RUN_ID.pt     each run's last checkpoint (weights only once the run is finished, unless kept)
+      checkpoints/RUN_ID.replay/  a DQN run's replay buffer in appended chunks (removed with its optimizer state)
       report/                   the study's report (replaced atomically when rebuilt)
       analysis/RUN_ID/          `samscale analyze` output for one run
 """
@@ -28,6 +29,11 @@ def study_path(workdir: str | Path) -> Path:
 def checkpoint_path(workdir: str | Path, run_id: str) -> Path:
     """Where a run's last checkpoint lives."""
     return Path(workdir) / "checkpoints" / f"{run_id}.pt"
+
+
+def replay_path(workdir: str | Path, run_id: str) -> Path:
+    """The folder of a DQN run's replay-buffer chunks, beside its checkpoint."""
+    return Path(workdir) / "checkpoints" / f"{run_id}.replay"
 
 
 def report_dir(workdir: str | Path) -> Path:

@@ -25,10 +25,10 @@ def check_data(study) -> str | None:
     from samscale.data import DatasetUnavailable, load_dataset
 
     if study.base.get("rl", {}).get("env"):  # a DQN study needs its environment, not a dataset
-        from samscale.data.minatar_env import minatar_version
+        from samscale.data.rl_env import require_env
 
         try:
-            minatar_version()
+            require_env(study.base["rl"]["env"])
         except DatasetUnavailable as err:
             return str(err)
         return None

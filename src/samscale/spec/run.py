@@ -237,17 +237,27 @@ class AnalysisSpec(_Section):
 
 
 MINATAR_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
+ALE_ENV = re.compile(r"ale/[a-z0-9_]+")
+"""An Atari game of the Arcade Learning Environment: `ale/` then ale-py's ROM id (`ale/breakout`, `ale/pong`)."""
+ALE_ONLY_FIELDS = ("frame_skip", "frame_stack", "noop_max", "clip_rewards", "terminal_on_life_loss",
+                   "max_episode_frames")
 
 
 class RLSpec(_Section):
-    """A reinforcement-learning run (DQN on a MinAtar game) instead of supervised training; off while `env` is None.
+    """A reinforcement-learning run (DQN on a MinAtar game or an ALE Atari game) instead of supervised training; off
+    while `env` is None.
 
+    `env` is a MinAtar game (`breakout`, …) or `ale/ROM` (`ale/breakout`): Atari through ale-py with Nature-DQN
+    preprocessing (`samscale.data.atari_env`: 84×84 grey, `frame_skip` with a max over the last two frames, a stack
+    of `frame_stack` frames, rewards clipped to their sign when `clip_rewards`, up to `noop_max` no-op steps at each
+    start, episodes truncated after `max_episode_frames` emulator frames); those six fields apply to ALE games only.
     One "epoch" is `steps_per_epoch` environment steps followed by `eval_episodes` evaluation episodes; `train.epochs`
     counts them and `train.batch_size` is the replay minibatch. ε decays linearly from `eps_start` to `eps_end` over
-    `eps_decay_steps` steps. The environment's random streams derive from `train.seed` and `env_seed`.
+    `eps_decay_steps` steps. The replay buffer holds `buffer_size` frames (each stored once, see
+    `samscale.train.replay`). The environment's random streams derive from `train.seed` and `env_seed`.
     """
 
-    env: Literal[MINATAR_GAMES] | None = None  # type: ignore[valid-type]
+    env: str | None = None
     steps_per_epoch: int = 10_000
     buffer_size: int = 100_000
     learning_starts: int = 5_000
@@ -262,9 +272,24 @@ class RLSpec(_Section):
     eval_max_steps: int = 10_000
     sticky_action_prob: float = 0.1
     env_seed: int = 0
+    frame_skip: int = 4
+    frame_stack: int = 4
+    noop_max: int = 30
+    clip_rewards: bool = True
+    terminal_on_life_loss: bool = False
+    max_episode_frames: int = 108_000
 
     _positive = field_validator("steps_per_epoch", "buffer_size", "train_every", "target_update", "eps_decay_steps",
-                                "eval_episodes", "eval_max_steps")(_at_least_one)
+                                "eval_episodes", "eval_max_steps", "frame_skip", "frame_stack",
+                                "max_episode_frames")(_at_least_one)
+
+    @field_validator("env")
+    @classmethod
+    def _known_env(cls, env: str | None) -> str | None:
+        if env is not None and env not in MINATAR_GAMES and not ALE_ENV.fullmatch(env):
+            raise ValueError(f"unknown environment {env!r}; valid: a MinAtar game ({', '.join(MINATAR_GAMES)}) or "
+                             "an Atari game of the Arcade Learning Environment as ale/ROM (e.g. ale/breakout)")
+        return env
 
     @field_validator("gamma", "eps_start", "eps_end", "eval_epsilon", "sticky_action_prob")
     @classmethod
@@ -273,12 +298,17 @@ class RLSpec(_Section):
             raise ValueError(f"must be in [0, 1], got {value}")
         return value
 
-    @field_validator("learning_starts", "env_seed")
+    @field_validator("learning_starts", "env_seed", "noop_max")
     @classmethod
     def _non_negative_count(cls, value: int) -> int:
         if value < 0:
             raise ValueError(f"must be >= 0, got {value}")
         return value
+
+    @property
+    def is_ale(self) -> bool:
+        """Whether the environment is an ALE Atari game (else MinAtar)."""
+        return self.env is not None and self.env.startswith("ale/")
 
 
 class RuntimeSpec(_Section):
@@ -341,6 +371,9 @@ class RunSpec(_Section):
             ident["processes"] = {"nproc": self.runtime.nproc, "sam_mode": sam_mode if self.optim.is_sam else None}
         if self.rl.env is not None:  # supervised runs keep their ids: the rl section enters only when it is used
             ident["rl"] = self.rl.model_dump(mode="json")
+            if not self.rl.is_ale:  # Atari preprocessing cannot change a MinAtar run
+                for name in ALE_ONLY_FIELDS:
+                    del ident["rl"][name]
         return ident
 
     @property

@@ -1,4 +1,5 @@
-"""The DQN run loop (Mnih et al. 2015) on MinAtar, with SAM or its base optimizer; a run like any supervised one.
+"""The DQN run loop (Mnih et al. 2015) on MinAtar or ALE Atari, with SAM or its base optimizer; a run like any
+supervised one.
 
 Called by `train_run` when `spec.rl.env` is set. It emits the same events (`RunStarted`, `EpochEnded`, `RunEnded`),
 writes the same atomic, weights_only-loadable checkpoints, and ends `diverged` (not a crash) on a non-finite loss.
@@ -6,15 +7,16 @@ writes the same atomic, weights_only-loadable checkpoints, and ends `diverged` (
 - An epoch is `rl.steps_per_epoch` environment steps (ε-greedy, ε linear from `eps_start` to `eps_end` over
   `eps_decay_steps`), one minibatch of `train.batch_size` from the replay buffer every `train_every` steps once
   `learning_starts` transitions are stored, the target network copied every `target_update` steps, Huber TD loss
-  with targets r + γ (1 − done) max_a' Q_target(s', a'). Then two sets of `eval_episodes` episodes with ε =
+  with targets r + γ (1 − done) max_a' Q_target(s', a') (Atari: r clipped to its sign, `done` at game over, or at a
+  life lost with `rl.terminal_on_life_loss`; returns are reported unclipped). Then two sets of `eval_episodes` episodes with ε =
   `eval_epsilon` on independent seeds: `val_return` (for choosing ρ) and `test_return` (reported).
 - Every epoch starts a fresh environment seeded from (train.seed, rl.env_seed, epoch), so the episode running at
   the end of an epoch is cut there (a time-limit truncation: its last transition is not stored as terminal).
   Because of this a checkpoint at an epoch boundary holds everything the run depends on: network, target network,
-  optimizer, the whole replay buffer (uint8 observations), the agent's generator and step counter. A run killed
-  mid-epoch (SIGKILL) resumes from its last checkpoint and, after redoing the lost steps, is bit-identical to an
-  uninterrupted run on CPU; the cost is the lost part of one epoch plus writing the buffer at every epoch
-  (≈ 2 × buffer_size × 400 bytes for 4-channel games).
+  optimizer, the replay buffer, the agent's generator and step counter. The buffer (`samscale.train.replay`) keeps
+  each frame once and is saved by appending chunks to `checkpoints/RUN_ID.replay/`: an epoch writes its own new
+  frames, not the whole buffer. A run killed mid-epoch (SIGKILL) resumes from its last checkpoint and, after redoing
+  the lost steps, is bit-identical to an uninterrupted run on CPU.
 - The agent's randomness (network initialization from `train.seed`, exploration, replay sampling) is separate from
   the environments' (sticky actions and game dynamics).
 """
@@ -31,15 +33,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samscale.errors import ConfigError
-from samscale.data.minatar_env import NUM_ACTIONS, MinAtarEnv, minatar_shape, minatar_version
+from samscale.data.rl_env import env_info, make_env
 from samscale.models.registry import build_model, count_params
 from samscale.optim import SAM, sam_update
 from samscale.spec.run import RunSpec
 from samscale.spec.status import RunStatus
 from samscale.train.checkpoint import load_checkpoint, save_checkpoint
 from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunStarted
+from samscale.train.replay import FrameReplay, FrameStack
 from samscale.train.summary import summarize_history
-from samscale.workdir import checkpoint_path
+from samscale.workdir import checkpoint_path, replay_path
 
 AGENT_SEED_OFFSET = 5_000_011  # exploration and replay sampling
 ENV_SEED_BASE = 7_000_003  # environment streams: train (0), validation (1) and test (2) episodes
@@ -59,53 +62,6 @@ def epsilon(spec: RunSpec, step: int) -> float:
     return rl.eps_start + fraction * (rl.eps_end - rl.eps_start)
 
 
-class ReplayBuffer:
-    """A ring buffer of transitions (s, a, r, s', done) with uint8 observations; its state is plain tensors."""
-
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...]) -> None:
-        self.capacity = capacity
-        self.obs = torch.zeros((capacity, *obs_shape), dtype=torch.uint8)
-        self.next_obs = torch.zeros((capacity, *obs_shape), dtype=torch.uint8)
-        self.action = torch.zeros(capacity, dtype=torch.int64)
-        self.reward = torch.zeros(capacity, dtype=torch.float32)
-        self.done = torch.zeros(capacity, dtype=torch.float32)
-        self.position = 0
-        self.size = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def add(self, obs: Tensor, action: int, reward: float, next_obs: Tensor, done: bool) -> None:
-        """Store one transition, overwriting the oldest when full."""
-        i = self.position
-        self.obs[i], self.next_obs[i] = obs.to(torch.uint8), next_obs.to(torch.uint8)
-        self.action[i], self.reward[i], self.done[i] = action, reward, float(done)
-        self.position = (i + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
-        """`batch_size` transitions drawn uniformly with replacement: (s, a, r, s', done) as float/int tensors."""
-        index = torch.randint(self.size, (batch_size,), generator=generator)
-        return (self.obs[index].float(), self.action[index], self.reward[index], self.next_obs[index].float(),
-                self.done[index])
-
-    def state(self) -> dict[str, Any]:
-        """The stored transitions (only the filled part) and the write position."""
-        n = self.size
-        return {"obs": self.obs[:n].clone(), "next_obs": self.next_obs[:n].clone(), "action": self.action[:n].clone(),
-                "reward": self.reward[:n].clone(), "done": self.done[:n].clone(), "position": self.position}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Load what `state()` returned (into a buffer of the same capacity and observation shape)."""
-        n = int(state["obs"].shape[0])
-        if n > self.capacity or tuple(state["obs"].shape[1:]) != tuple(self.obs.shape[1:]):
-            raise ValueError(f"replay buffer checkpoint of shape {tuple(state['obs'].shape)} does not fit a buffer "
-                             f"of capacity {self.capacity} and observations {tuple(self.obs.shape[1:])}")
-        for name in ("obs", "next_obs", "action", "reward", "done"):
-            getattr(self, name)[:n] = state[name]
-        self.size, self.position = n, int(state["position"])
-
-
 def td_loss(q_values: Tensor, targets: Tensor) -> Tensor:
     """Huber loss between Q(s, a) and the TD target; `targets` holds (target, action) per row."""
     chosen = q_values.gather(1, targets[:, 1].long().unsqueeze(1)).squeeze(1)
@@ -118,34 +74,41 @@ class _Agent:
     def __init__(self, spec: RunSpec, device: torch.device, build_optimizer: Callable[..., torch.optim.Optimizer]):
         self.spec = spec
         self.device = device
-        self.obs_shape = minatar_shape(spec.rl.env)
+        self.info = env_info(spec.rl)
+        self.num_actions = self.info.num_actions
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.train.seed)
-            net = build_model(spec.model.family, spec.model.size, input_shape=self.obs_shape,
-                              num_classes=NUM_ACTIONS, **spec.model.options)
+            net = build_model(spec.model.family, spec.model.size, input_shape=self.info.obs_shape,
+                              num_classes=self.num_actions, **spec.model.options)
         self.q = net.to(device)
         self.target = copy.deepcopy(self.q).requires_grad_(False)
         self.n_params = count_params(self.q)
         self.optimizer = build_optimizer(spec, list(self.q.parameters()))
-        self.buffer = ReplayBuffer(spec.rl.buffer_size, self.obs_shape)
+        self.buffer = FrameReplay(spec.rl.buffer_size, self.info.frame_shape, self.info.history)
         self.generator = torch.Generator().manual_seed(spec.train.seed + AGENT_SEED_OFFSET)
         self.steps = 0
         self.epoch = 0
         self.history: list[dict[str, float]] = []
+
+    def _inputs(self, frames: Tensor) -> Tensor:
+        """uint8 observations as the network's float inputs (Atari: scaled to [0, 1])."""
+        x = frames.to(self.device).float()
+        return x if self.info.scale == 1.0 else x * self.info.scale
 
     # -- acting ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def act(self, obs: Tensor, eps: float, generator: torch.Generator) -> int:
         """ε-greedy action: uniform with probability ε, else argmax Q (ties to the lowest action)."""
         if float(torch.rand((), generator=generator)) < eps:
-            return int(torch.randint(NUM_ACTIONS, (), generator=generator))
-        return int(self.q(obs.unsqueeze(0).to(self.device)).argmax(dim=1))
+            return int(torch.randint(self.num_actions, (), generator=generator))
+        return int(self.q(self._inputs(obs.unsqueeze(0))).argmax(dim=1))
 
     # -- learning --------------------------------------------------------------------------------------------
     def learn(self) -> Tensor:
         """One optimizer step on a replay minibatch; returns the clean TD loss."""
-        obs, action, reward, next_obs, done = (t.to(self.device) for t in
-                                               self.buffer.sample(self.spec.train.batch_size, self.generator))
+        obs, action, reward, next_obs, done = self.buffer.sample(self.spec.train.batch_size, self.generator)
+        obs, next_obs = self._inputs(obs), self._inputs(next_obs)
+        action, reward, done = action.to(self.device), reward.to(self.device), done.to(self.device)
         with torch.no_grad():
             bootstrap = self.target(next_obs).max(dim=1).values
             target = reward + self.spec.rl.gamma * (1.0 - done) * bootstrap
@@ -162,22 +125,29 @@ class _Agent:
     def train_epoch(self) -> dict[str, float]:
         """`steps_per_epoch` environment steps with learning; mean TD loss and mean return of finished episodes."""
         rl = self.spec.rl
-        env = MinAtarEnv(rl.env, seed=env_seed(self.spec, self.epoch, "train"),
-                         sticky_action_prob=rl.sticky_action_prob)
-        obs = env.reset()
+        clip = rl.is_ale and rl.clip_rewards
+        life_ends = rl.is_ale and rl.terminal_on_life_loss
+        env = make_env(rl, env_seed(self.spec, self.epoch, "train"))
+        stack = FrameStack(self.info.history)
+        frame = env.reset()
+        stack.reset(frame)
+        self.buffer.begin(frame)
         losses: list[Tensor] = []
         returns: list[float] = []
         episode_return = 0.0
         self.q.train()
         for _ in range(rl.steps_per_epoch):
-            action = self.act(obs, epsilon(self.spec, self.steps), self.generator)
-            next_obs, reward, done = env.step(action)
-            self.buffer.add(obs, action, reward, next_obs, done)
+            action = self.act(stack.observation(), epsilon(self.spec, self.steps), self.generator)
+            frame, reward, terminal, truncated, life_lost = env.step(action)
+            stored = float((reward > 0) - (reward < 0)) if clip else reward
+            self.buffer.append(action, stored, frame, terminal or (life_ends and life_lost))
+            stack.push(frame)
             episode_return += reward
-            obs = next_obs
-            if done:
+            if terminal or truncated:
                 returns.append(episode_return)
-                episode_return, obs = 0.0, env.reset()
+                episode_return, frame = 0.0, env.reset()
+                stack.reset(frame)
+                self.buffer.begin(frame)
             self.steps += 1
             if self.steps > rl.learning_starts and self.steps % rl.train_every == 0:
                 loss = self.learn()
@@ -195,20 +165,24 @@ class _Agent:
 
     @torch.no_grad()
     def evaluate(self, stream: str) -> dict[str, float]:
-        """Mean return over `eval_episodes` episodes (each capped at `eval_max_steps`) with ε = `eval_epsilon`."""
+        """Mean return (game score) over `eval_episodes` episodes (each capped at `eval_max_steps`), ε =
+        `eval_epsilon`."""
         rl = self.spec.rl
-        env = MinAtarEnv(rl.env, seed=env_seed(self.spec, self.epoch, stream),
-                         sticky_action_prob=rl.sticky_action_prob)
+        env = make_env(rl, env_seed(self.spec, self.epoch, stream))
         generator = torch.Generator().manual_seed(env_seed(self.spec, self.epoch, stream))
+        stack = FrameStack(self.info.history)
         was_training = self.q.training
         self.q.eval()
         returns = []
         for _ in range(rl.eval_episodes):
-            obs, total = env.reset(), 0.0
+            stack.reset(env.reset())
+            total = 0.0
             for _ in range(rl.eval_max_steps):
-                obs, reward, done = env.step(self.act(obs, rl.eval_epsilon, generator))
+                frame, reward, terminal, truncated, _ = env.step(self.act(stack.observation(), rl.eval_epsilon,
+                                                                          generator))
+                stack.push(frame)
                 total += reward
-                if done:
+                if terminal or truncated:
                     break
             returns.append(total)
         self.q.train(was_training)
@@ -217,17 +191,22 @@ class _Agent:
         return {f"{stream}_return": mean, f"{stream}_return_std": std}
 
     # -- checkpoint state ------------------------------------------------------------------------------------
-    def state(self, *, weights_only: bool = False) -> dict[str, Any]:
-        """Everything needed to continue bit-identically; a finished run may keep only its weights."""
+    def save(self, ckpt: Path, replay: Path, *, weights_only: bool = False) -> None:
+        """Write the checkpoint (after appending the buffer's new chunks to `replay`); a finished run may keep
+        only its weights, and then its replay folder goes."""
         state: dict[str, Any] = {"run_id": self.spec.run_id, "spec": self.spec.model_dump_json(), "epoch": self.epoch,
                                  "model": self.q.state_dict(), "history": self.history}
         if not weights_only:
             state.update(target=self.target.state_dict(), optimizer=self.optimizer.state_dict(),
-                         buffer=self.buffer.state(), generator=self.generator.get_state(), steps=self.steps)
-        return state
+                         buffer=self.buffer.save(replay), generator=self.generator.get_state(), steps=self.steps)
+        save_checkpoint(ckpt, state)
+        if weights_only:
+            FrameReplay.clear(replay)
+        else:
+            self.buffer.prune(replay)
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by `state()`."""
+    def restore(self, state: dict[str, Any], replay: Path) -> None:
+        """Continue from a checkpoint written by `save()`."""
         if state.get("run_id") != self.spec.run_id:
             raise ValueError(f"checkpoint is of run {state.get('run_id')!r}, not of run {self.spec.run_id!r}")
         self.q.load_state_dict(state["model"])
@@ -235,7 +214,7 @@ class _Agent:
         if "optimizer" in state:
             self.target.load_state_dict(state["target"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.buffer.restore(state["buffer"])
+            self.buffer.restore(replay, state["buffer"])
             self.generator.set_state(state["generator"])
             self.steps = int(state["steps"])
         elif self.epoch < self.spec.train.epochs:
@@ -261,8 +240,11 @@ def train_rl(
     agent = _Agent(spec, device, build_optimizer)
     run_id = spec.run_id
     ckpt = checkpoint_path(workdir, run_id) if workdir is not None else None
+    replay = replay_path(workdir, run_id) if workdir is not None else None
     if ckpt is not None and (state := load_checkpoint(ckpt)) is not None:
-        agent.restore(state)
+        agent.restore(state, replay)
+    elif replay is not None:
+        FrameReplay.clear(replay)  # chunks left by a deleted checkpoint belong to no run state
     emit(RunStarted(spec, agent.n_params, list(agent.history)))
     status, epochs_this_call = RunStatus.COMPLETE, 0
     while agent.epoch < spec.train.epochs:
@@ -284,14 +266,12 @@ def train_rl(
         row["seconds"] = time.perf_counter() - started
         agent.history.append(row)
         if ckpt is not None:
-            save_checkpoint(ckpt, agent.state())
+            agent.save(ckpt, replay)
         emit(EpochEnded(run_id, agent.epoch, row))
     final = summarize_history(agent.history, score="val_return")
     final.update(n_params=agent.n_params, n_nonzero=int(sum(int((p != 0).sum()) for p in agent.q.parameters())),
-                 data_source=f"MinAtar {spec.rl.env} (minatar {minatar_version()}), sticky actions "
-                             f"p={spec.rl.sticky_action_prob}; stand-in for Atari (ALE)",
-                 substitute_for="atari")
+                 data_source=agent.info.description, substitute_for=None if spec.rl.is_ale else "atari")
     if status == RunStatus.COMPLETE and ckpt is not None:
-        save_checkpoint(ckpt, agent.state(weights_only=not spec.runtime.keep_optimizer_state))
+        agent.save(ckpt, replay, weights_only=not spec.runtime.keep_optimizer_state)
     emit(RunEnded(run_id, status, final))
     return status, final, agent.history
