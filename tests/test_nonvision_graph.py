@@ -15,33 +15,56 @@ from samscale.data.molecules import (  # noqa: E402
     ATOM_FEATURES,
     ELEMENTS,
     build_molecules,
-    normalized_adjacency,
-    pack_graphs,
     read_molecules,
 )
+from samscale.data.graphs import GraphSet  # noqa: E402
 from samscale.models.registry import build_model, count_params, describe_ladder, param_count  # noqa: E402
 
 
 def test_gcn_closed_form_count_matches_the_built_module():
-    for width, depth, shape, classes in [(200, 5, (47, 78), 3), (7, 2, (5, 36), 4), (730, 5, (47, 78), 3)]:
+    for width, depth, shape, classes in [(200, 5, (31,), 3), (7, 2, (31,), 4), (730, 5, (31,), 3)]:
         model = build_model("gcn", width, input_shape=shape, num_classes=classes, depth=depth)
         assert count_params(model) == param_count("gcn", width, input_shape=shape, num_classes=classes, depth=depth)
     counts = [row["n_params"] for row in describe_ladder("gcn")]
     assert counts == sorted(counts) and 0.2e6 <= counts[0] and counts[-1] <= 2.7e6  # the paper's 0.2M–2.7M span
     # hand count at width 10, depth 2, 31 features, 3 classes: embed 32·10, 2 layers 11·10, head 11·3
-    assert param_count("gcn", 10, input_shape=(4, 35), num_classes=3, depth=2) == 320 + 2 * 110 + 33
+    assert param_count("gcn", 10, input_shape=(31,), num_classes=3, depth=2) == 320 + 2 * 110 + 33
+    with pytest.raises(ValueError, match=r"input_shape \(node features,\)"):
+        param_count("gcn", 10, input_shape=(4, 35))
 
 
-def test_normalized_adjacency_of_a_path_matches_the_hand_computation():
-    a_hat = normalized_adjacency(3, np.array([[0, 1], [1, 2]]))
-    # degrees with self-loops: 2, 3, 2
-    expected = np.array([[1 / 2, 1 / math.sqrt(6), 0], [1 / math.sqrt(6), 1 / 3, 1 / math.sqrt(6)],
-                         [0, 1 / math.sqrt(6), 1 / 2]])
-    np.testing.assert_allclose(a_hat, expected, rtol=1e-6)
+def test_one_gcn_layer_on_a_path_applies_the_normalized_adjacency_by_hand():
+    # path 0-1-2, degrees with self-loops 2, 3, 2; identity weights make the layer H + ReLU(Â H)
+    model = build_model("gcn", 2, input_shape=(2,), num_classes=1, depth=1).double()
+    with torch.no_grad():
+        for linear in (model.embed, model.layers[0], model.head):
+            linear.weight.copy_(torch.eye(*linear.weight.shape))
+            linear.bias.zero_()
+    graphs = GraphSet(torch.tensor([[1, 0], [0, 1], [1, 1]], dtype=torch.uint8),
+                      torch.tensor([[0, 1], [1, 2]], dtype=torch.int32), torch.tensor([0, 3]), torch.tensor([0, 2]))
+    a_hat = torch.tensor([[1 / 2, 1 / math.sqrt(6), 0], [1 / math.sqrt(6), 1 / 3, 1 / math.sqrt(6)],
+                          [0, 1 / math.sqrt(6), 1 / 2]], dtype=torch.float64)
+    h = graphs.nodes.double()
+    expected = (h + torch.relu(a_hat @ h)).mean(0)[:1]
+    torch.testing.assert_close(model(graphs)[0], expected, rtol=1e-15, atol=1e-15)
+
+
+def test_graph_sets_index_like_tensors_and_renumber_their_graphs():
+    graphs = GraphSet.from_graphs([(np.ones((2, 3)), np.array([[0, 1]])), (np.zeros((1, 3)), np.zeros((0, 2))),
+                                   (np.full((3, 3), 1), np.array([[0, 2], [1, 2]]))], 3)
+    assert len(graphs) == graphs.shape[0] == 3 and graphs.nbytes() == 6 * 3 + 3 * 2 * 4 + 2 * 4 * 8
+    picked = graphs[torch.tensor([2, 0])]
+    assert picked.node_counts().tolist() == [3, 2] and picked.edges.tolist() == [[0, 2], [1, 2], [0, 1]]
+    assert picked.global_edges().tolist() == [[0, 2], [1, 2], [3, 4]] and picked.graph_index().tolist() == [0, 0, 0, 1, 1]
+    assert graphs[1:].node_ptr.tolist() == [0, 1, 4] and len(graphs[3:]) == 0
+    assert torch.equal(GraphSet.concat([graphs[:1], graphs[1:]], 3).nodes, graphs.nodes)
+    with pytest.raises(ValueError, match="offsets end at 3 nodes"):
+        GraphSet(graphs.nodes, graphs.edges, torch.tensor([0, 3]), torch.tensor([0, 3]))
 
 
 def _oracle_forward(model, features: np.ndarray, edges: np.ndarray) -> torch.Tensor:
-    """The GCN on one unpadded graph, layer by layer with explicit weights (independent of the padded layout)."""
+    """The GCN on one graph with its dense Â, layer by layer with explicit weights (independent of the index
+    aggregation and of the other graphs of a batch)."""
     n = features.shape[0]
     adjacency = np.zeros((n, n))
     for i, j in edges:
@@ -57,22 +80,25 @@ def _oracle_forward(model, features: np.ndarray, edges: np.ndarray) -> torch.Ten
     return h.mean(0) @ weights["head.weight"].T + weights["head.bias"]
 
 
-def test_gcn_forward_equals_a_per_graph_oracle_and_ignores_padding():
+def test_gcn_forward_on_concatenated_graphs_equals_the_per_graph_dense_oracle_in_float64():
     rng = np.random.default_rng(0)
     graphs = []
-    for n, edges in [(3, [[0, 1], [1, 2]]), (5, [[0, 1], [1, 2], [2, 3], [3, 4], [4, 0]]), (1, [])]:
-        features = rng.integers(0, 2, size=(n, ATOM_FEATURES)).astype(np.float32)
-        features[:, 0] = 1.0
-        graphs.append((features, np.array(edges, dtype=np.int64).reshape(-1, 2)))
-    model = build_model("gcn", 8, input_shape=(5, ATOM_FEATURES + 5), num_classes=2, depth=3,
-                        generator=torch.Generator().manual_seed(1))
-    tight, loose = model(pack_graphs(graphs, 5)), model(pack_graphs(graphs, 9))
+    for n, edges in [(3, [[0, 1], [1, 2]]), (5, [[0, 1], [1, 2], [2, 3], [3, 4], [4, 0]]), (1, []),
+                     (4, [[0, 1], [0, 2], [0, 3]])]:
+        features = rng.integers(0, 2, size=(n, ATOM_FEATURES)).astype(np.uint8)
+        features[:, 0] = 1
+        graphs.append((features, np.array(edges, dtype=np.int32).reshape(-1, 2)))
+    model = build_model("gcn", 8, input_shape=(ATOM_FEATURES,), num_classes=2, depth=3,
+                        generator=torch.Generator().manual_seed(1)).double()
+    batch = GraphSet.from_graphs(graphs, ATOM_FEATURES)
+    order = torch.tensor([3, 0, 2, 1])
+    together, shuffled = model(batch), model(batch[order])
     for g, (features, edges) in enumerate(graphs):
         oracle = _oracle_forward(model, features, edges)
-        torch.testing.assert_close(tight[g].double(), oracle, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(loose[g].double(), oracle, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ConfigError, match="max_nodes=2"):
-        pack_graphs(graphs, 2)
+        torch.testing.assert_close(together[g], oracle, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(shuffled[order.tolist().index(g)], oracle, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="GraphSet with 31 node features"):
+        model(torch.zeros(2, 5, ATOM_FEATURES + 5))
 
 
 def test_smiles_csv_and_sdf_readers_featurize_by_hand(tmp_path):
@@ -82,17 +108,16 @@ def test_smiles_csv_and_sdf_readers_featurize_by_hand(tmp_path):
     (tmp_path / "test.csv").write_text("smiles,label\nC(=O)O,active\n")
     source = build_molecules(root=str(tmp_path), download=False, augment=False, train_file="train.csv",
                              test_file="test.csv", label="label")
-    assert source.input_shape == (6, ATOM_FEATURES + 6)  # benzene: 6 heavy atoms
+    assert source.input_shape == (ATOM_FEATURES,)
     assert source.train.y.tolist() == [0, 1] and source.test.y.tolist() == [0]  # sorted: active=0, inactive=1
-    ethanol = source.train.x[0]
-    assert ethanol[:, 0].tolist() == [1, 1, 1, 0, 0, 0]  # three real atoms, then padding
-    oxygen = ethanol[2, :ATOM_FEATURES]
+    ethanol = source.train.x[torch.tensor([0])]
+    assert ethanol.nodes[:, 0].tolist() == [1, 1, 1] and ethanol.edges.tolist() == [[0, 1], [1, 2]]  # C-C-O
+    assert source.train.x.node_counts().tolist() == [3, 6]  # no padding: ethanol 3 atoms, benzene 6
+    oxygen = ethanol.nodes[2]
     assert oxygen[1 + ELEMENTS.index("O")] == 1  # element slot
     degree = oxygen[1 + len(ELEMENTS) + 1: 1 + len(ELEMENTS) + 1 + 6]
     assert degree.tolist() == [0, 1, 0, 0, 0, 0]  # bonded to one carbon
-    # Â row of the middle carbon (degree 2 + self-loop = 3) to its neighbours of degree 2: 1/sqrt(6)
-    assert ethanol[1, ATOM_FEATURES + 0].item() == pytest.approx(1 / math.sqrt(6))
-    assert float(source.train.x[1, :, 1 + len(ELEMENTS) + 1 + 6 + 3 + 5 + 1].sum()) == 6  # benzene: 6 sp2 atoms
+    assert int(source.train.x[1:].nodes[:, 1 + len(ELEMENTS) + 1 + 6 + 3 + 5 + 1].sum()) == 6  # benzene: 6 sp2
 
     writer = Chem.SDWriter(str(tmp_path / "mols.sdf"))
     for smiles, klass in [("CCN", "1"), ("CCCl", "0")]:
@@ -119,7 +144,7 @@ def test_solubility_stand_in_has_the_published_split():
     data = load_dataset("solubility", val_size=200)
     assert (len(data.train), len(data.val), len(data.test)) == (825, 200, 257)
     assert data.num_classes == 3 and data.substitute_for == "ogbg-molpcba"
-    assert data.input_shape == (47, ATOM_FEATURES + 47)
+    assert data.input_shape == (ATOM_FEATURES,) and int(data.train.x.node_counts().max()) <= 47
     assert torch.bincount(data.test.y).tolist() == [102, 115, 40]  # (A) low, (B) medium, (C) high in the SDF
 
 
@@ -138,7 +163,7 @@ def test_graph_gcn_smoke_run_trains_and_resumes(tmp_path):
     first = train_run(spec, workdir=tmp_path, max_epochs=1)
     resumed = train_run(spec, workdir=tmp_path)
     assert whole.status == resumed.status == "complete" and first.status == "running"
-    assert whole.final["n_params"] == param_count("gcn", 200, input_shape=(47, 78), num_classes=3)
+    assert whole.final["n_params"] == param_count("gcn", 200, input_shape=(31,), num_classes=3)
     assert resumed.history[-1]["test_acc"] == whole.history[-1]["test_acc"]
     assert resumed.history[-1]["train_loss"] == pytest.approx(whole.history[-1]["train_loss"], rel=1e-12)
     assert 0.0 <= whole.final["final_test_acc"] <= 1.0 and whole.final["substitute_for"] == "ogbg-molpcba"

