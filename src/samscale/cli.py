@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -198,6 +199,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run one of the paper's experiments at a budget, or list them."""
     from samscale.recipes import RECIPES, FunctionRecipe, check_data, get_recipe
 
+    if args.plan:
+        return _plan(args)
+    if args.speedup is not None:
+        raise UsageError("--speedup applies to --plan only")
     if args.list or not args.name:
         for name, recipe in RECIPES.items():
             print(f"{name:<20} {recipe.summary}")
@@ -226,6 +231,23 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         index.write_text("".join(f"- [{p.parent.parent.name}]({p.relative_to(out)})\n" for p in reports))
         print(f"index of reports: {index}")
     return status
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """Print the cost of a recipe (or of every recipe) at a budget; trains nothing."""
+    from samscale.recipes import RECIPES, get_recipe
+    from samscale.recipes.plan import DEFAULT_SPEEDUP, plan_recipe
+
+    speedup = DEFAULT_SPEEDUP if args.speedup is None else args.speedup
+    if not (speedup > 0 and math.isfinite(speedup)):
+        raise UsageError(f"--speedup must be a finite number > 0, got {args.speedup}")
+    names = [args.name] if args.name else list(RECIPES)
+    for name in names:
+        get_recipe(name)
+    for name in names:
+        for plan in plan_recipe(name, args.budget, speedup):
+            print("\n".join(plan.lines(speedup)))
+    return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -309,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", choices=("smoke", "cpu", "paper"), default="cpu",
                    help="smoke (under a minute), cpu (minutes on a laptop) or paper (the paper's protocol)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: results/NAME-BUDGET)")
+    p.add_argument("--plan", action="store_true",
+                   help="train nothing: print the runs, data, device-hours, memory and disk (every recipe if no NAME)")
+    p.add_argument("--speedup", type=float, default=None, metavar="X",
+                   help="--plan: device speed over one CPU thread here (default: the stated assumption)")
     executor_options(p)
     p.set_defaults(func=cmd_reproduce)
 

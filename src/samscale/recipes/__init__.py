@@ -21,8 +21,12 @@ def recipe_path(name: str) -> Path:
 
 
 def check_data(study) -> str | None:
-    """None if the study's dataset can be loaded here, else the loader's explanation of what is missing."""
-    from samscale.data import DatasetUnavailable, load_dataset
+    """None if the study's dataset (or DQN environment) is here, else what is missing and how to get it.
+
+    Decided from files, digests and installed packages only (`samscale.data.presence`): nothing is loaded.
+    """
+    from samscale.data import DatasetUnavailable
+    from samscale.data.presence import data_presence
 
     if study.base.get("rl", {}).get("env"):  # a DQN study needs its environment, not a dataset
         from samscale.data.rl_env import require_env
@@ -33,11 +37,8 @@ def check_data(study) -> str | None:
             return str(err)
         return None
     data = study.base.get("data", {})
-    try:
-        load_dataset(data.get("name", "mnist"), val_size=0, **data.get("options", {}))
-    except DatasetUnavailable as err:
-        return str(err)
-    return None
+    presence = data_presence(data.get("name", "mnist"), data.get("options", {}))
+    return None if presence.present else presence.message()
 
 
 @dataclass
