@@ -25,7 +25,7 @@ def test_preprocessing_is_the_max_of_two_screens_area_averaged_to_84_by_84():
     frame = preprocess(previous, last)
     both = np.maximum(previous, last).astype(np.float64)
     oracle = np.empty((84, 84))
-    for i in range(84):  # area averaging: output cell i covers input rows floor(i·210/84) … ceil((i+1)·210/84) − 1
+    for i in range(84):  # area averaging: cell i covers rows floor(i·210/84) … ceil((i+1)·210/84) − 1
         rows = slice(i * 210 // 84, -(-(i + 1) * 210 // 84))
         for j in range(84):
             oracle[i, j] = both[rows, j * 160 // 84: -(-(j + 1) * 160 // 84)].mean()

@@ -55,7 +55,8 @@ def test_graph_sets_index_like_tensors_and_renumber_their_graphs():
     assert len(graphs) == graphs.shape[0] == 3 and graphs.nbytes() == 6 * 3 + 3 * 2 * 4 + 2 * 4 * 8
     picked = graphs[torch.tensor([2, 0])]
     assert picked.node_counts().tolist() == [3, 2] and picked.edges.tolist() == [[0, 2], [1, 2], [0, 1]]
-    assert picked.global_edges().tolist() == [[0, 2], [1, 2], [3, 4]] and picked.graph_index().tolist() == [0, 0, 0, 1, 1]
+    assert picked.global_edges().tolist() == [[0, 2], [1, 2], [3, 4]]
+    assert picked.graph_index().tolist() == [0, 0, 0, 1, 1]
     assert graphs[1:].node_ptr.tolist() == [0, 1, 4] and len(graphs[3:]) == 0
     assert torch.equal(GraphSet.concat([graphs[:1], graphs[1:]], 3).nodes, graphs.nodes)
     with pytest.raises(ValueError, match="offsets end at 3 nodes"):

@@ -2,8 +2,9 @@
 
 MinAtar re-implements five Atari 2600 games (Asterix, Breakout, Freeway, Seaquest, Space Invaders) on a 10×10 grid
 with one binary channel per object type, keeping Atari's 6-action interface and sticky actions (repeat the previous
-action with probability 0.1). It installs from PyPI without ROMs, so the DQN panel runs offline; ALE Atari needs
-ROMs and hours per run. Install with `pip install 'samscale[rl]'`.
+action with probability 0.1). It installs from PyPI without ROMs and runs a DQN in minutes on a CPU: the stand-in
+for Atari at the cpu and smoke budgets (the paper budget plays ALE Atari, `samscale.data.atari_env`). Install with
+`pip install 'samscale[rl]'`.
 """
 from __future__ import annotations
 
@@ -66,8 +67,3 @@ class MinAtarEnv:
             raise ValueError(f"action must be in 0..{NUM_ACTIONS - 1}, got {action}")
         reward, terminal = self._env.act(int(action))
         return self.observation(), float(reward), bool(terminal)
-
-
-def minatar_shape(game: str) -> tuple[int, int, int]:
-    """Observation shape of `game` (builds the environment once; cheap)."""
-    return MinAtarEnv(game, seed=0).obs_shape

@@ -218,8 +218,9 @@ class Plan:
             parts = ", ".join(f"{name} {_size(value)}" for name, value in self.memory_parts.items() if value)
             out.append(f"  peak memory of the largest run: {_size(self.peak_memory)} ({parts})")
         if self.final_disk is not None:
+            replay = ", replay chunks" if "replay" in self.memory_parts else ""
             out.append(f"  disk: {_size(self.final_disk)} of final checkpoints in all; each run in progress adds up "
-                       f"to {_size(self.running_disk)} (its full checkpoint{', replay chunks' if 'replay' in self.memory_parts else ''})")
+                       f"to {_size(self.running_disk)} (its full checkpoint{replay})")
         out += [f"  note: {note}" for note in self.notes]
         return out
 

@@ -176,7 +176,8 @@ class FrameReplay:
             rows = [state.get(name) for name in FIELDS]
             if first > lo or any(not isinstance(t, Tensor) or t.shape[0] < hi - first for t in rows) \
                     or tuple(state["frames"].shape[1:]) != self.frame_shape:
-                raise ValueError(f"replay chunk {path} does not hold slots {lo}–{hi - 1} of frames {self.frame_shape}")
+                raise ValueError(f"replay chunk {path} does not hold slots {lo}–{hi - 1} of frames "
+                                 f"{self.frame_shape}")
             i = torch.arange(lo, hi) % self.capacity
             for name, rows_of in zip(FIELDS, rows):
                 getattr(self, name)[i] = rows_of[lo - first: hi - first].to(getattr(self, name).dtype)

@@ -8,8 +8,8 @@ writes the same atomic, weights_only-loadable checkpoints, and ends `diverged` (
   `eps_decay_steps`), one minibatch of `train.batch_size` from the replay buffer every `train_every` steps once
   `learning_starts` transitions are stored, the target network copied every `target_update` steps, Huber TD loss
   with targets r + γ (1 − done) max_a' Q_target(s', a') (Atari: r clipped to its sign, `done` at game over, or at a
-  life lost with `rl.terminal_on_life_loss`; returns are reported unclipped). Then two sets of `eval_episodes` episodes with ε =
-  `eval_epsilon` on independent seeds: `val_return` (for choosing ρ) and `test_return` (reported).
+  life lost with `rl.terminal_on_life_loss`; returns are reported unclipped). Then two sets of `eval_episodes`
+  episodes with ε = `eval_epsilon` on independent seeds: `val_return` (for choosing ρ) and `test_return` (reported).
 - Every epoch starts a fresh environment seeded from (train.seed, rl.env_seed, epoch), so the episode running at
   the end of an epoch is cut there (a time-limit truncation: its last transition is not stored as terminal).
   Because of this a checkpoint at an epoch boundary holds everything the run depends on: network, target network,
