@@ -87,3 +87,13 @@ def test_the_paper_budget_plays_ale_breakout_and_the_cpu_budget_minatar():
     # Atari-only fields do not enter a MinAtar run's identity
     minatar = cpu.expand()[0]
     assert "frame_stack" not in minatar.identity()["rl"] and "frame_stack" in specs[0].identity()["rl"]
+
+
+def test_an_unknown_ale_game_is_refused_before_anything_is_written(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"model": {"family": "dqn"}, "schedule": {"kind": "constant"},
+                                      "rl": {"env": "ale/nonesuch"}}))
+    assert main(["train", str(config), "--workdir", str(tmp_path / "work")]) == 2
+    assert "unknown ALE game 'nonesuch'; valid: " in capsys.readouterr().err and not (tmp_path / "work").exists()
+    with pytest.raises(Exception, match="unknown environment 'ALE/Breakout-v5'"):
+        build_spec({"rl": {"env": "ALE/Breakout-v5"}})

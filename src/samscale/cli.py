@@ -114,9 +114,13 @@ def _check_executor_options(args: argparse.Namespace) -> None:
 
 
 def _check_models(specs) -> None:
-    """Refuse, before anything is written, runs whose model size or options their family cannot build."""
+    """Refuse, before anything is written, runs whose model size or options their family cannot build, or whose
+    ALE game ale-py does not ship."""
+    from samscale.data.atari_env import rom_path
     from samscale.models.registry import get_family
 
+    for game in sorted({spec.rl.env for spec in specs if spec.rl.is_ale}):
+        rom_path(game)
     for spec in specs:
         family = get_family(spec.model.family)
         try:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from samscale.data.errors import DatasetUnavailable
+from samscale.data.errors import ConfigError, DatasetUnavailable
 
 PREFIX = "ale/"
 """An `rl.env` naming an ALE game: `ale/` then the ROM id (`ale/breakout`, `ale/space_invaders`)."""
@@ -58,11 +58,11 @@ def available_games() -> list[str]:
 
 
 def rom_path(env: str) -> str:
-    """The ROM file of `ale/ROM`; ValueError naming the valid ids if ale-py has no such ROM."""
+    """The ROM file of `ale/ROM`; ConfigError naming the valid ids if ale-py has no such ROM."""
     game = env[len(PREFIX):] if is_ale(env) else env
     games = available_games()
     if not ROM_PATTERN.fullmatch(game) or game not in games:
-        raise ValueError(f"unknown ALE game {game!r}; valid: {', '.join(games)}")
+        raise ConfigError(f"unknown ALE game {game!r}; valid: {', '.join(games)}")
     from ale_py import roms
 
     return str(roms.get_rom_path(game))
