@@ -5,8 +5,8 @@ digests, `samscale.data.presence`) or where to get it; device-hours; the peak me
 its checkpoints (and DQN replay buffers) take. Nothing trains and no dataset is loaded.
 
 Device-hours come from a step measured here: each distinct model of the study (family, size, input shape) takes a
-forward and backward pass on synthetic inputs of its dataset's shape (`MEASURE_EXAMPLES` examples, fewer for large
-images), one thread, best of `MEASURE_REPEATS` after a warm-up, and the time per example is scaled to every run's
+forward and backward pass on synthetic inputs of its dataset's shape (`MEASURE_EXAMPLES` examples; 4 images, or 2
+ImageNet crops), one thread, best of `MEASURE_REPEATS` after a warm-up, and the time per example is scaled to every run's
 examples × epochs (× 2 for a SAM step; evaluation passes count a third of a training example). The sum is this
 machine's CPU time; divided by `speedup` (default `DEFAULT_SPEEDUP`, an assumption, not a measurement: pass your own
 GPU/CPU ratio with `--speedup`) it is device time. DQN environments step on the CPU at the speed measured here
@@ -40,8 +40,8 @@ DEFAULT_SPEEDUP = 50.0
 """Assumed speed of one data-center GPU (A100/H100 class) over one thread of the CPU measured here, for the dense
 networks of these recipes: an assumption stated, not measured; `--speedup` replaces it."""
 MEASURE_EXAMPLES = 16
-MEASURE_REPEATS = 2
-LARGE_INPUT = 50_000  # inputs of more elements (ImageNet crops) are measured on 2 examples
+MEASURE_REPEATS = 2  # timed passes after the warm-up (one when a pass takes over a second)
+IMAGE_INPUT, LARGE_INPUT = 1_000, 50_000  # inputs of more elements are measured on 4 (images) or 2 (ImageNet crops)
 EVAL_SHARE = 1.0 / 3.0  # an evaluation example costs about a third of a training example (forward only)
 PER_FRAME_FIELDS = 21  # replay bytes per frame besides the frame: action 8, reward 4, done 1, episode start 8
 
@@ -134,7 +134,8 @@ def measure_model(family: str, size: Any, options_json: str, input_shape: tuple[
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = build_model(family, size, input_shape=input_shape, num_classes=outputs, **options)
-        n = 2 if math.prod(input_shape) > LARGE_INPUT else MEASURE_EXAMPLES
+        elements = math.prod(input_shape) if family not in ("lstm", "transformer", "gcn") else 0
+        n = 2 if elements > LARGE_INPUT else 4 if elements > IMAGE_INPUT else MEASURE_EXAMPLES
         x = _inputs(family, input_shape, n, generator)
         activations = [0]
 
@@ -143,11 +144,13 @@ def measure_model(family: str, size: Any, options_json: str, input_shape: tuple[
                 activations[0] += output.numel() * output.element_size()
 
         hooks = [m.register_forward_hook(count) for m in model.modules()]
+        started = time.perf_counter()
         model(x).float().sum().backward()  # warm-up, and the activation count
+        warm_up = time.perf_counter() - started
         for hook in hooks:
             hook.remove()
         best = math.inf
-        for _ in range(MEASURE_REPEATS):
+        for _ in range(MEASURE_REPEATS if warm_up < 1.0 else 1):
             model.zero_grad(set_to_none=True)
             started = time.perf_counter()
             model(x).float().sum().backward()
