@@ -200,7 +200,6 @@ class Plan:
     budget: str
     runs: int | None
     data: list[str]
-    missing: list[str]
     cpu_hours: float | None = None
     device_hours: float | None = None
     peak_memory: float | None = None
@@ -290,18 +289,15 @@ def plan_study(recipe: str, study, budget: str, speedup: float) -> Plan:
     from samscale.recipes import check_data
 
     specs: list[RunSpec] = study.expand()
-    missing = check_data(study)
-    base = study.base
-    if base.get("rl", {}).get("env"):
-        env = base["rl"]["env"]
-        data = [f"environment {env}: {'here' if missing is None else 'missing'}"]
+    env = study.base.get("rl", {}).get("env")
+    if env:
+        missing = check_data(study)
+        data = [f"environment {env}: here" if missing is None else f"environment {env}: NOT here — {missing}"]
     else:
         names = sorted({(s.data.name, json.dumps(s.data.options, sort_keys=True)) for s in specs})
-        presences = [data_presence(name, json.loads(options)) for name, options in names]
-        data = [_data_line(p) for p in presences]
-    plan = Plan(recipe, budget, len(specs), data, [missing] if missing else [])
-    if missing and base.get("rl", {}).get("env"):
-        plan.notes.append(missing.splitlines()[0])
+        data = [_data_line(data_presence(name, json.loads(options))) for name, options in names]
+    plan = Plan(recipe, budget, len(specs), data)
+    if env and missing:
         return plan
     try:
         costs = [(_dqn(s) if s.rl.env is not None else _supervised(s)) for s in specs]
@@ -351,8 +347,7 @@ def plan_recipe(name: str, budget: str, speedup: float = DEFAULT_SPEEDUP) -> lis
         if recipe_path(name).is_file():  # a function around a study (regularization)
             return [plan_study(name, load_study(recipe_path(name), budget), budget, speedup)]
         presences = [data_presence(data) for data in FUNCTION_DATA.get(name, ())]
-        plan = Plan(name, budget, None, [_data_line(p) for p in presences] or ["generated here"],
-                    [p.message() for p in presences if not p.present])
+        plan = Plan(name, budget, None, [_data_line(p) for p in presences] or ["generated here"])
         plan.notes.append("an experiment of small CPU models, not a grid of runs: minutes on one CPU at the smoke "
                           "and cpu budgets (docs/PROTOCOL.md §10); not estimated here")
         return [plan]
