@@ -264,7 +264,8 @@ def _supervised(spec: RunSpec) -> tuple[float, float, dict[str, float], float, f
     return seconds, sum(parts.values()), parts, weights, weights * (1 + _optimizer_state(spec))
 
 
-def _dqn(spec: RunSpec) -> tuple[float, float, dict[str, float], float, float]:
+def _dqn(spec: RunSpec) -> tuple[tuple[float, float], float, dict[str, float], float, float]:
+    """((network seconds, environment seconds), peak bytes, memory parts, final and running checkpoint bytes)."""
     rl = spec.rl
     env_seconds, obs_shape, actions, frame_shape, _ = measure_env(rl.env, rl.model_dump_json())
     m = measure_model(spec.model.family, spec.model.size, json.dumps(spec.model.options, sort_keys=True),
