@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 from samscale.data.dataset import SourceDataset
-from samscale.data.errors import ConfigError
 from samscale.data.locate import Candidate, first_available, skipped
 from samscale.data.graphs import GraphSet
 from samscale.data.molecules import ATOM_FEATURES, mol_to_graph, rdkit_chem
