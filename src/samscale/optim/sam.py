@@ -149,6 +149,7 @@ class SAM(Optimizer):
                 p.data = w_plus_eps
             all_params += params
         self._perturbed = (all_params, all_saved)
+        _forget_autocast_casts()
         self._freeze_bn()
         if zero_grad:
             self.zero_grad(set_to_none=True)
@@ -168,6 +169,7 @@ class SAM(Optimizer):
         for p, w in zip(params, saved):
             p.data = w
         self._perturbed = None
+        _forget_autocast_casts()
         self._restored = True
         self._release_bn()
 
@@ -333,6 +335,18 @@ def _record_overflow(scaler: GradScaler, holders: list[_GradHolder], device: tor
     holder = _GradHolder([probe])
     holders.append(holder)
     scaler.unscale_(holder)
+
+
+def _forget_autocast_casts() -> None:
+    """Drop autocast's cached low-precision copies of the weights after their data was swapped.
+
+    Inside one ``torch.autocast`` region, autocast casts each float32 leaf weight once and reuses the copy for every
+    later forward pass of the region, keyed by the parameter, not by its data. A SAM update run entirely inside one
+    region (``with torch.autocast(...): sam_update(...)``, or a framework's training step that wraps the whole
+    update) would then take its perturbed pass at the cached w instead of w + ε, and silently be a plain gradient
+    step. Clearing the cache whenever the weights move makes the next pass cast the weights it actually has.
+    """
+    torch.clear_autocast_cache()
 
 
 def _ascent_directions(params: list[Tensor], adaptive: bool, eta: float) -> tuple[list[Tensor], list[Tensor]]:
