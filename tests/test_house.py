@@ -17,6 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("samscale.data",),
     ("samscale.models", "samscale.sparsity"),
     ("samscale.optim",),
+    ("samscale.integrations",),
     ("samscale.hessian", "samscale.theory"),
     ("samscale.train",),
     ("samscale.store",),

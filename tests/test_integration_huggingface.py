@@ -1,0 +1,193 @@
+"""The Hugging Face Trainer drives SAM through SAMTrainer: gradient accumulation, the Trainer's AdamW with its
+weight-decay groups and linear LR schedule, BatchNorm frozen in the perturbed pass, bf16 through Accelerate. Models
+are built locally (no download, the hub offline); weights must equal a sam_update loop over the same batches, and
+BatchNorm buffers a hand-written loop, bitwise."""
+from __future__ import annotations
+
+import os
+
+os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+
+import logging  # noqa: E402
+import warnings  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from samscale.optim import SAM, frozen_bn_stats, sam_update  # noqa: E402
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from samscale.integrations import SAMTrainer  # noqa: E402
+
+LR, RHO, DECAY = 0.01, 0.1, 0.01
+
+
+class BNClassifier(nn.Module):
+    """A Trainer-compatible classifier with BatchNorm: forward(x, labels) returns the mean loss and the logits."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(6, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 3))
+
+    def forward(self, x, labels=None):
+        logits = self.body(x)
+        return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+
+def tiny_bert() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return transformers.BertForSequenceClassification(config)
+
+
+class Logits(nn.Module):
+    """The same BERT as a plain x → logits module for sam_update."""
+
+    def __init__(self, bert: nn.Module):
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, ids):
+        return self.bert(input_ids=ids).logits
+
+
+def train(tmp_path, model: nn.Module, rows: list[dict], *, batch: int, accumulate: int, steps: int,
+          bf16: bool = False) -> SAMTrainer:
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulate,
+        max_steps=steps, learning_rate=LR, weight_decay=DECAY, optim="adamw_torch", lr_scheduler_type="linear",
+        warmup_steps=0, max_grad_norm=0.0, train_sampling_strategy="sequential", use_cpu=True, bf16=bf16,
+        report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        remove_unused_columns=False, seed=0,
+    )
+    trainer = SAMTrainer(model=model, args=args, train_dataset=rows, rho=RHO)
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    assert trainer.state.global_step == steps
+    return trainer
+
+
+def reference_sam(model: nn.Module, decayed) -> SAM:
+    """SAM around AdamW with the Trainer's settings written out: weight decay on ``decayed`` parameters only."""
+    params = list(model.named_parameters())
+    groups = [{"params": [p for n, p in params if decayed(n, p)], "weight_decay": DECAY},
+              {"params": [p for n, p in params if not decayed(n, p)], "weight_decay": 0.0}]
+    return SAM(groups, torch.optim.AdamW, rho=RHO, lr=LR, betas=(0.9, 0.999), eps=1e-8)
+
+
+def linear_schedule(opt: SAM, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate falling linearly to zero over ``steps`` updates, by hand."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, (steps - t) / steps))
+
+
+def bn_rows(n: int, dtype: torch.dtype) -> list[dict]:
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(n, 6, generator=gen) * 2 + 1).to(dtype)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    return [{"x": x[i], "labels": y[i]} for i in range(n)]
+
+
+def stacked(rows: list[dict], start: int, size: int, key: str) -> torch.Tensor:
+    return torch.stack([row[key] for row in rows[start : start + size]])
+
+
+def max_abs_diff(a: nn.Module, b: nn.Module, suffixes: tuple[str, ...] | None = None) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    keys = [k for k in sa if (suffixes is None and k in dict(a.named_parameters())) or
+            (suffixes is not None and k.endswith(suffixes))]
+    return max((sa[k].double() - sb[k].double()).abs().max().item() for k in keys)
+
+
+def test_gradient_accumulation_with_batchnorm_in_float64(tmp_path):
+    steps, batch, accumulate = 4, 8, 2
+    rows = bn_rows(steps * batch * accumulate, torch.float64)
+    trainer = train(tmp_path, BNClassifier().double(), rows, batch=batch, accumulate=accumulate, steps=steps)
+    trained = trainer.model
+    assert trainer.lr_scheduler.get_last_lr() == [0.0, 0.0]  # the Trainer's linear schedule ran to its end
+
+    not_bias = lambda name, p: not name.endswith("bias")  # noqa: E731 - the Trainer decays all but biases here
+    by_sam_update, by_hand = BNClassifier().double(), BNClassifier().double()
+    opt_u, opt_h = reference_sam(by_sam_update, not_bias), reference_sam(by_hand, not_bias)
+    sched_u, sched_h = linear_schedule(opt_u, steps), linear_schedule(opt_h, steps)
+    for step in range(steps):
+        pieces = [(stacked(rows, (step * accumulate + k) * batch, batch, "x"),
+                   stacked(rows, (step * accumulate + k) * batch, batch, "labels")) for k in range(accumulate)]
+        sam_update(by_sam_update.body, F.cross_entropy, pieces, None, opt_u)
+        # by hand: each clean micro-batch moves the running statistics (as in any Trainer), no perturbed one does
+        for x, y in pieces:
+            (F.cross_entropy(by_hand.body(x), y) / accumulate).backward()
+        opt_h.first_step(zero_grad=True)
+        with frozen_bn_stats(by_hand):
+            for x, y in pieces:
+                (F.cross_entropy(by_hand.body(x), y) / accumulate).backward()
+        opt_h.second_step(zero_grad=True)
+        sched_u.step()
+        sched_h.step()
+    assert max_abs_diff(trained, by_sam_update) == 0.0
+    assert max_abs_diff(trained, by_hand) == 0.0
+    assert max_abs_diff(trained, by_hand, ("running_mean", "running_var", "num_batches_tracked")) == 0.0
+    assert trained.body[1].num_batches_tracked.item() == steps * accumulate
+    assert max_abs_diff(trained, BNClassifier().double()) > 1e-3  # it trained
+
+
+def test_tiny_bert_built_locally_in_float64(tmp_path):
+    steps, batch = 3, 8
+    gen = torch.Generator().manual_seed(4)
+    ids = torch.randint(1, 40, (steps * batch, 10), generator=gen)
+    labels = torch.randint(0, 3, (steps * batch,), generator=gen)
+    rows = [{"input_ids": ids[i], "labels": labels[i]} for i in range(len(ids))]
+    trained = train(tmp_path, tiny_bert().double(), rows, batch=batch, accumulate=1, steps=steps).model
+
+    reference = Logits(tiny_bert().double())
+    # the Trainer decays every weight but biases and LayerNorm parameters: here exactly the tensors of dim > 1
+    opt = reference_sam(reference, lambda name, p: p.dim() > 1)
+    sched = linear_schedule(opt, steps)
+    for step in range(steps):
+        part = slice(step * batch, (step + 1) * batch)
+        sam_update(reference, F.cross_entropy, ids[part], labels[part], opt)
+        sched.step()
+    assert max_abs_diff(trained, reference.bert) == 0.0
+
+
+def test_bf16_through_accelerate_equals_sam_update_under_autocast(tmp_path):
+    steps, batch, accumulate = 3, 8, 2
+    rows = bn_rows(steps * batch * accumulate, torch.float32)
+    trainer = train(tmp_path, BNClassifier(), rows, batch=batch, accumulate=accumulate, steps=steps, bf16=True)
+    assert trainer.accelerator.mixed_precision == "bf16"
+    trained = trainer.model
+
+    reference = BNClassifier()
+    opt = reference_sam(reference, lambda name, p: not name.endswith("bias"))
+    sched = linear_schedule(opt, steps)
+    for step in range(steps):
+        pieces = [(stacked(rows, (step * accumulate + k) * batch, batch, "x"),
+                   stacked(rows, (step * accumulate + k) * batch, batch, "labels")) for k in range(accumulate)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            sam_update(reference.body, F.cross_entropy, pieces, None, opt)
+        sched.step()
+    # Accelerate autocasts each forward pass (the loss inside it) and runs backward outside; the same kernels run
+    # on the same numbers, so no tolerance is needed.
+    assert max_abs_diff(trained, reference) == 0.0
+    assert all(p.dtype == torch.float32 for p in trained.parameters())
+
+
+def test_an_optimizer_that_is_not_sam_is_refused(tmp_path):
+    model = BNClassifier()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=1,
+                                          remove_unused_columns=False, per_device_train_batch_size=4)
+    plain = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = SAMTrainer(model=model, args=args, train_dataset=bn_rows(8, torch.float32),
+                         optimizers=(plain, None))
+    with pytest.raises(ValueError, match="SAMTrainer needs a samscale SAM optimizer, got SGD"):
+        trainer.train()
