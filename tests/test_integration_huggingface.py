@@ -29,14 +29,15 @@ LR, RHO, DECAY = 0.01, 0.1, 0.01
 class BNClassifier(nn.Module):
     """A Trainer-compatible classifier with BatchNorm: forward(x, labels) returns the mean loss and the logits."""
 
-    def __init__(self):
+    def __init__(self, loss_factor: float = 1.0):
         super().__init__()
         torch.manual_seed(0)
         self.body = nn.Sequential(nn.Linear(6, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 3))
+        self.loss_factor = loss_factor
 
     def forward(self, x, labels=None):
         logits = self.body(x)
-        return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+        return {"loss": F.cross_entropy(logits, labels) * self.loss_factor, "logits": logits}
 
 
 def tiny_bert() -> nn.Module:
@@ -60,7 +61,7 @@ class Logits(nn.Module):
 
 
 def train(tmp_path, model: nn.Module, rows: list[dict], *, batch: int, accumulate: int, steps: int,
-          bf16: bool = False) -> SAMTrainer:
+          bf16: bool = False, scaler: torch.amp.GradScaler | None = None, rho: float = RHO) -> SAMTrainer:
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulate,
         max_steps=steps, learning_rate=LR, weight_decay=DECAY, optim="adamw_torch", lr_scheduler_type="linear",
@@ -68,7 +69,9 @@ def train(tmp_path, model: nn.Module, rows: list[dict], *, batch: int, accumulat
         report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         remove_unused_columns=False, seed=0,
     )
-    trainer = SAMTrainer(model=model, args=args, train_dataset=rows, rho=RHO)
+    trainer = SAMTrainer(model=model, args=args, train_dataset=rows, rho=rho)
+    if scaler is not None:
+        trainer.accelerator.scaler = scaler  # before train() prepares the optimizer, which takes it from here
     transformers.logging.set_verbosity_error()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
     with warnings.catch_warnings():
@@ -78,12 +81,12 @@ def train(tmp_path, model: nn.Module, rows: list[dict], *, batch: int, accumulat
     return trainer
 
 
-def reference_sam(model: nn.Module, decayed) -> SAM:
+def reference_sam(model: nn.Module, decayed, rho: float = RHO) -> SAM:
     """SAM around AdamW with the Trainer's settings written out: weight decay on ``decayed`` parameters only."""
     params = list(model.named_parameters())
     groups = [{"params": [p for n, p in params if decayed(n, p)], "weight_decay": DECAY},
               {"params": [p for n, p in params if not decayed(n, p)], "weight_decay": 0.0}]
-    return SAM(groups, torch.optim.AdamW, rho=RHO, lr=LR, betas=(0.9, 0.999), eps=1e-8)
+    return SAM(groups, torch.optim.AdamW, rho=rho, lr=LR, betas=(0.9, 0.999), eps=1e-8)
 
 
 def linear_schedule(opt: SAM, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -180,6 +183,57 @@ def test_bf16_through_accelerate_equals_sam_update_under_autocast(tmp_path):
     # on the same numbers, so no tolerance is needed.
     assert max_abs_diff(trained, reference) == 0.0
     assert all(p.dtype == torch.float32 for p in trained.parameters())
+
+
+def test_a_grad_scaler_through_accelerate_equals_sam_update_with_a_scaler_overflows_included(tmp_path, monkeypatch):
+    """fp16 training's control flow: on a CPU Accelerate makes no GradScaler (fp16 needs a GPU), so the test hands
+    the Trainer's accelerator a CPU one. The scale starts so high, and ρ is so large, that updates overflow in the
+    clean pass and in the perturbed pass: those are skipped, the scale backs off and the scheduler does not step."""
+    steps, batch, accumulate, rho = 10, 8, 2, 10.0
+    rows = bn_rows(steps * batch * accumulate, torch.float32)
+
+    def make_scaler():
+        return torch.amp.GradScaler("cpu", init_scale=2.0**124, growth_interval=1)
+
+    counts = {"clean overflow": 0, "base step": 0}
+    skip_update, step = SAM.skip_update, SAM.step
+
+    def counting_skip(self, *args, **kwargs):
+        counts["clean overflow"] += 1
+        return skip_update(self, *args, **kwargs)
+
+    def counting_step(self, *args, **kwargs):
+        counts["base step"] += 1
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SAM, "skip_update", counting_skip)
+    monkeypatch.setattr(SAM, "step", counting_step)
+    factor = 64.0  # gradients large enough to overflow at the first scales
+    scaler = make_scaler()
+    trained = train(tmp_path, BNClassifier(factor), rows, batch=batch, accumulate=accumulate, steps=steps,
+                    scaler=scaler, rho=rho).model
+    perturbed_overflows = steps - counts["clean overflow"] - counts["base step"]
+    assert counts["clean overflow"] >= 1 and perturbed_overflows >= 1 and counts["base step"] >= 1, counts
+    monkeypatch.undo()
+
+    reference = BNClassifier()
+    opt = reference_sam(reference, lambda name, p: not name.endswith("bias"), rho=rho)
+    sched = linear_schedule(opt, steps)
+    ref_scaler = make_scaler()
+    skipped = 0
+    for step in range(steps):
+        pieces = [(stacked(rows, (step * accumulate + k) * batch, batch, "x"),
+                   stacked(rows, (step * accumulate + k) * batch, batch, "labels")) for k in range(accumulate)]
+        before = ref_scaler.get_scale()
+        sam_update(reference.body, lambda out, y: F.cross_entropy(out, y) * factor, pieces, None, opt,
+                   scaler=ref_scaler)
+        if ref_scaler.get_scale() < before:
+            skipped += 1
+        else:
+            sched.step()
+    assert skipped == steps - counts["base step"]
+    assert scaler.get_scale() == ref_scaler.get_scale()
+    assert max_abs_diff(trained, reference) == 0.0
 
 
 def test_an_optimizer_that_is_not_sam_is_refused(tmp_path):
