@@ -53,6 +53,11 @@ class SAMTrainer(Trainer):
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise ValueError("SAMTrainer supports one device and DDP; DeepSpeed and FSDP are not supported")
 
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``, starting with no kept micro-batch (a run stopped mid-accumulation leaves some)."""
+        self._kept = []
+        return super().train(*args, **kwargs)
+
     def create_optimizer(self, model: nn.Module | None = None) -> Optimizer:
         """SAM around the optimizer class and keyword arguments the Trainer would use, on its parameter groups."""
         if self.optimizer is not None:
