@@ -61,7 +61,8 @@ class Logits(nn.Module):
 
 
 def train(tmp_path, model: nn.Module, rows: list[dict], *, batch: int, accumulate: int, steps: int,
-          bf16: bool = False, scaler: torch.amp.GradScaler | None = None, rho: float = RHO) -> SAMTrainer:
+          bf16: bool = False, scaler: torch.amp.GradScaler | None = None, rho: float = RHO,
+          optimizer: SAM | None = None) -> SAMTrainer:
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulate,
         max_steps=steps, learning_rate=LR, weight_decay=DECAY, optim="adamw_torch", lr_scheduler_type="linear",
@@ -69,7 +70,7 @@ def train(tmp_path, model: nn.Module, rows: list[dict], *, batch: int, accumulat
         report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         remove_unused_columns=False, seed=0,
     )
-    trainer = SAMTrainer(model=model, args=args, train_dataset=rows, rho=rho)
+    trainer = SAMTrainer(model=model, args=args, train_dataset=rows, rho=rho, optimizers=(optimizer, None))
     if scaler is not None:
         trainer.accelerator.scaler = scaler  # before train() prepares the optimizer, which takes it from here
     transformers.logging.set_verbosity_error()
@@ -234,6 +235,25 @@ def test_a_grad_scaler_through_accelerate_equals_sam_update_with_a_scaler_overfl
     assert skipped == steps - counts["base step"]
     assert scaler.get_scale() == ref_scaler.get_scale()
     assert max_abs_diff(trained, reference) == 0.0
+
+
+def test_a_sam_passed_in_is_used_as_given_with_the_trainers_scheduler(tmp_path):
+    steps, batch = 3, 8
+    rows = bn_rows(steps * batch, torch.float64)
+    model = BNClassifier().double()
+    given = SAM(model.parameters(), torch.optim.SGD, rho=0.3, lr=0.05, momentum=0.9, model=model)
+    trainer = train(tmp_path, model, rows, batch=batch, accumulate=1, steps=steps, optimizer=given)
+    assert trainer.optimizer.optimizer is given
+
+    reference = BNClassifier().double()
+    opt = SAM(reference.parameters(), torch.optim.SGD, rho=0.3, lr=0.05, momentum=0.9)
+    sched = linear_schedule(opt, steps)
+    for step in range(steps):
+        sam_update(reference.body, F.cross_entropy, stacked(rows, step * batch, batch, "x"),
+                   stacked(rows, step * batch, batch, "labels"), opt)
+        sched.step()
+    assert max_abs_diff(trainer.model, reference) == 0.0
+    assert max_abs_diff(trainer.model, reference, ("running_mean", "running_var", "num_batches_tracked")) == 0.0
 
 
 def test_an_optimizer_that_is_not_sam_is_refused(tmp_path):
