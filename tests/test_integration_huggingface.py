@@ -106,6 +106,12 @@ def stacked(rows: list[dict], start: int, size: int, key: str) -> torch.Tensor:
     return torch.stack([row[key] for row in rows[start : start + size]])
 
 
+def micro_batches(rows: list[dict], step: int, batch: int, accumulate: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (x, y) micro-batches of update ``step``, in the Trainer's sequential order."""
+    starts = [(step * accumulate + k) * batch for k in range(accumulate)]
+    return [(stacked(rows, i, batch, "x"), stacked(rows, i, batch, "labels")) for i in starts]
+
+
 def max_abs_diff(a: nn.Module, b: nn.Module, suffixes: tuple[str, ...] | None = None) -> float:
     sa, sb = a.state_dict(), b.state_dict()
     keys = [k for k in sa if (suffixes is None and k in dict(a.named_parameters())) or
@@ -125,8 +131,7 @@ def test_gradient_accumulation_with_batchnorm_in_float64(tmp_path):
     opt_u, opt_h = reference_sam(by_sam_update, not_bias), reference_sam(by_hand, not_bias)
     sched_u, sched_h = linear_schedule(opt_u, steps), linear_schedule(opt_h, steps)
     for step in range(steps):
-        pieces = [(stacked(rows, (step * accumulate + k) * batch, batch, "x"),
-                   stacked(rows, (step * accumulate + k) * batch, batch, "labels")) for k in range(accumulate)]
+        pieces = micro_batches(rows, step, batch, accumulate)
         sam_update(by_sam_update.body, F.cross_entropy, pieces, None, opt_u)
         # by hand: each clean micro-batch moves the running statistics (as in any Trainer), no perturbed one does
         for x, y in pieces:
@@ -175,8 +180,7 @@ def test_bf16_through_accelerate_equals_sam_update_under_autocast(tmp_path):
     opt = reference_sam(reference, lambda name, p: not name.endswith("bias"))
     sched = linear_schedule(opt, steps)
     for step in range(steps):
-        pieces = [(stacked(rows, (step * accumulate + k) * batch, batch, "x"),
-                   stacked(rows, (step * accumulate + k) * batch, batch, "labels")) for k in range(accumulate)]
+        pieces = micro_batches(rows, step, batch, accumulate)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             sam_update(reference.body, F.cross_entropy, pieces, None, opt)
         sched.step()
@@ -223,8 +227,7 @@ def test_a_grad_scaler_through_accelerate_equals_sam_update_with_a_scaler_overfl
     ref_scaler = make_scaler()
     skipped = 0
     for step in range(steps):
-        pieces = [(stacked(rows, (step * accumulate + k) * batch, batch, "x"),
-                   stacked(rows, (step * accumulate + k) * batch, batch, "labels")) for k in range(accumulate)]
+        pieces = micro_batches(rows, step, batch, accumulate)
         before = ref_scaler.get_scale()
         sam_update(reference.body, lambda out, y: F.cross_entropy(out, y) * factor, pieces, None, opt,
                    scaler=ref_scaler)
