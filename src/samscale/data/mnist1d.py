@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from samscale.data.errors import DatasetUnavailable
 from samscale.data.options import non_negative_int, positive_int
 from samscale.data.paths import dataset_dir
 from samscale.data.split import Split
+from samscale.fileio import write_with
 
 _ARRAYS = ("x", "y", "x_test", "y_test")
 
@@ -69,11 +68,7 @@ def load_mnist1d_arrays(seed: int, num_samples: int, cache_dir: Path) -> tuple[d
             return {key: stored[key] for key in _ARRAYS}, f"{provenance}; cached at {cache}"
     arrays = generate_mnist1d(arguments)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".mnist1d-", suffix=".npz", dir=cache_dir)
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, **arrays)
-        os.replace(temporary, cache)
+        write_with(cache, lambda out: np.savez(out, **arrays))
         provenance += f"; cached at {cache}"
     except OSError:
         pass  # a read-only cache only costs regeneration next time

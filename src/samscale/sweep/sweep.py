@@ -18,7 +18,8 @@ from samscale.spec.study import Study
 from samscale.store import RunStore
 from samscale.sweep.executors import RunOutcome
 from samscale.version import code_version
-from samscale.workdir import checkpoint_path, store_path, study_path
+from samscale.sweep.study_file import save_study
+from samscale.workdir import checkpoint_path, store_path
 
 ProgressCallback = Callable[[RunOutcome, int, int], None]
 OtherVersions = Literal["refuse", "reuse", "rerun"]
@@ -50,15 +51,16 @@ def estimated_cost(spec: RunSpec) -> float:
 
 
 def prepare(study: Study, workdir: str | Path, specs: list[RunSpec] | None = None) -> tuple[RunStore, list[RunSpec]]:
-    """Open the work directory's store, save the study beside it, and register every run of the study.
+    """Save the study in the work directory (refusing one that holds another study), open its store and register
+    every run of the study.
 
     The study is expanded (every point validated) before anything is written, so a bad study leaves no trace.
     """
     specs = study.expand() if specs is None else specs
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    save_study(study, workdir)  # refuses a folder that holds another study, before its store is touched
     store = RunStore(store_path(workdir))
-    study_path(workdir).write_text(study.to_yaml())
     store.register_study(specs, study.name)
     return store, specs
 
