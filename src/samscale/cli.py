@@ -26,6 +26,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from samscale.spec.run import load_spec
     from samscale.store import RunStore
     from samscale.sweep.executors import execute_run
+    from samscale.sweep.preflight import preflight
     from samscale.train.checkpoint import load_checkpoint
     from samscale.train.events import EpochEnded
     from samscale.version import code_version
@@ -36,6 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = load_spec(args.config, args.set + ([f"runtime.nproc={args.nproc}"] if args.nproc else []))
     _positive("--threads", args.threads)
     _check_models([spec])
+    preflight([spec])  # device, dataset options, data files and split sizes, before the store is opened
     if checkpoint_path(args.workdir, spec.run_id).is_file():  # refuse a damaged or unsafe one before the store
         load_checkpoint(checkpoint_path(args.workdir, spec.run_id))
     store = RunStore(store_path(args.workdir))
@@ -137,6 +139,19 @@ def _check_models(specs) -> None:
             raise ConfigError(f"model.size / model.options of run {spec.label()}: {err}") from None
 
 
+def error_headline(error: str | None) -> str:
+    """The first line of a run's error: of a traceback, the first line of its (last) exception, e.g.
+    `ValueError: val_size=9 must be ...`, not the traceback's header nor the exception message's last line."""
+    lines = (error or "").strip().splitlines()
+    if not lines:
+        return "(no error recorded)"
+    if lines[0].startswith("Traceback (most recent call last)"):
+        frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+        after = lines[frames[-1] + 1:] if frames else lines[1:]
+        return next((line for line in after if line and not line[0].isspace()), lines[-1])
+    return lines[0]
+
+
 def _progress(todo, done: int, total: int):
     """A progress bar over the runs' estimated cost (so the ETA holds although the longest runs start first)."""
     from tqdm import tqdm
@@ -154,7 +169,7 @@ def _progress(todo, done: int, total: int):
         bar.update(min(costs.get(outcome.run_id, scale) / scale, max(bar.total - bar.n, 0.0)))
         bar.set_postfix_str(f"{finished[0]}/{total} runs; {outcome.status}: {outcome.label}")
         if outcome.status == "failed":
-            bar.write(f"run {outcome.run_id} failed: {(outcome.error or '').strip().splitlines()[-1:]}")
+            bar.write(f"run {outcome.run_id} failed: {error_headline(outcome.error)}")
 
     return bar, update
 
@@ -169,7 +184,7 @@ def run_sweep(study, workdir: Path, args: argparse.Namespace) -> int:
     _check_models(study.expand())  # every run is valid and buildable before the store is opened or created
     executor = make_executor(args.executor, workers=args.workers, threads=args.threads, address=args.address,
                              gpus_per_run=args.gpus_per_run)
-    store, todo, decision = plan(study, workdir, other_versions)
+    store, todo, decision = plan(study, workdir, other_versions, check_here=getattr(executor, "runs_here", True))
     total = decision["total"]
     print(f"study {study.name!r}: {total} runs, {total - len(todo)} already finished; store {store.path}")
     if decision["message"]:
