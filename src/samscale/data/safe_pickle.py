@@ -144,7 +144,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         canonical = module.replace("numpy._core", "numpy.core", 1)  # numpy >= 2 pickles name numpy._core
         if (canonical, name) not in _STAND_INS:
-            _refuse(f"refusing to load {module}.{name}: only numpy arrays and builtins allowed")
+            _refuse(f"refusing to load {module}.{name}: only plain containers, numbers, strings and numpy arrays "
+                    "are allowed")
         return _STAND_INS[(canonical, name)]
 
     def persistent_load(self, pid: Any) -> Any:

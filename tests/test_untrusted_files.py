@@ -1,0 +1,159 @@
+"""No dataset file is trusted: crafted and damaged CIFAR-10 batch files (a dtype restated by BUILD to hold objects,
+object arrays, reduce gadgets, truncated streams, random byte flips of a valid file) each get a clear error naming
+the file, read in a subprocess that must exit normally (a crafted dtype used to segfault numpy)."""
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import pickle
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from samscale.data import DatasetUnavailable, load_dataset
+from samscale.data.cifar10 import read_cifar_batch
+
+READER = textwrap.dedent("""
+    import json, sys, warnings
+    from pathlib import Path
+    warnings.simplefilter("ignore")
+    from samscale.data.cifar10 import read_cifar_batch
+    from samscale.data.errors import UnreadableFile
+
+    results = {}
+    for path in sorted(Path(sys.argv[1]).iterdir()):
+        try:
+            images, labels = read_cifar_batch(path)
+            ok = images.dtype.name == "uint8" and images.shape[1:] == (3, 32, 32) and len(labels) == len(images)
+            results[path.name] = "loaded" if ok else f"unexpected: loaded {images.dtype} {images.shape}"
+        except UnreadableFile as err:
+            message = str(err)
+            results[path.name] = ("refused: " + message.split(": not a CIFAR-10 batch: ", 1)[1]
+                                  if message.startswith(f"{path}: not a CIFAR-10 batch: ") else "unclear: " + message)
+        except BaseException as err:
+            results[path.name] = f"unexpected: {type(err).__name__}: {err}"
+    print(json.dumps(results))
+""")
+
+
+class _Reduce:
+    """Pickles as `function(*args)`, optionally followed by BUILD with `state`: any gadget a file could hold."""
+
+    def __init__(self, function, args, state=None):
+        self.function, self.args, self.state = function, args, state
+
+    def __reduce__(self):
+        return (self.function, self.args) if self.state is None else (self.function, self.args, self.state)
+
+
+def _dtype(spec: str, state: tuple) -> _Reduce:
+    return _Reduce(np.dtype, (spec, False, True), state)
+
+
+def _array(dtype, raw: bytes, shape=(1, 3072)) -> _Reduce:
+    return _Reduce(np.core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), (1, shape, dtype, False, raw))
+
+
+def _batch(data, labels=None) -> dict:
+    return {b"batch_label": b"testing batch 1 of 1", b"labels": [3] if labels is None else labels, b"data": data,
+            b"filenames": [b"x.png"]}
+
+
+def crafted_batches() -> dict[str, tuple[object, str]]:
+    """name → (object to pickle, fragment of the expected refusal)."""
+    pixels = bytes(range(256)) * 12
+    object_flags = (3, "|", None, None, None, -1, -1, 61)  # what BUILD can claim: 'holds objects', not list-pickled
+    return {
+        "dtype-build-object-flags": (_batch(_array(_dtype("O", object_flags), b"\x41" * 8 * 3072)), "dtype"),
+        "dtype-build-flags-on-u1": (_batch(_array(_dtype("u1", (3, "|", None, None, None, -1, -1, 63)), pixels)),
+                                    "restated"),
+        "dtype-build-fields": (_batch(_array(_dtype("u1", (3, "|", None, ("a",), {"a": (np.dtype("u1"), 0)}, 1, 1,
+                                                           16)), pixels)), "restated"),
+        "dtype-build-elsize": (_batch(_array(_dtype("u1", (3, "|", None, None, None, 8, 1, 0)), pixels)), "restated"),
+        "dtype-object": (_batch(np.array([1, None], dtype=object)), "object dtype"),
+        "dtype-object-labels": (_batch(np.zeros((1, 3072), np.uint8), labels=np.array([3], dtype=object)),
+                                "object dtype"),
+        "dtype-structured": (_batch(np.zeros(2, dtype=[("a", "u1"), ("b", "<u8")])), "dtype"),
+        "dtype-void": (_batch(np.zeros(2, dtype="V8")), "dtype"),
+        "array-size-mismatch": (_batch(_array(_dtype("u1", (3, "|", None, None, None, -1, -1, 0)), b"\x00" * 10,
+                                              shape=(1 << 40, 3072))), "from 10 bytes"),
+        "reduce-os-system": (_batch(_Reduce(os.system, ("true",))), "system"),
+        "reduce-eval": (_batch(_Reduce(builtins.eval, ("1 + 1",))), ".eval:"),
+        "reduce-getattr": (_batch(_Reduce(builtins.getattr, ("text", "upper"))), ".getattr:"),
+        "reduce-subprocess": (_batch(_Reduce(subprocess.Popen, (["true"],))), ".Popen:"),
+        "reduce-numpy-frombuffer": (_batch(_Reduce(np.frombuffer, (pixels, "u1"))), "frombuffer"),
+        "reduce-dtype-list": (_batch(_Reduce(np.dtype, ([("a", "O")], False, True))), "dtype"),
+        "reduce-codecs-other": (_batch(_Reduce(__import__("_codecs").encode, ("x", "rot13"))), "rot13"),
+        "reduce-reconstruct-other-class": (_batch(_Reduce(np.core.multiarray._reconstruct,
+                                                          (np.ma.MaskedArray, (0,), b"b"))), "refusing"),
+        "reduce-scalar-object": (_batch(_Reduce(np.core.multiarray.scalar, (np.dtype("O"), 7))), "object dtype"),
+        "not-a-dict": ([1, 2, 3], "expected a dict"),
+        "set-value": ({b"data": {1, 2}, b"labels": [1]}, "set"),
+        "labels-out-of-range": (_batch(np.zeros((1, 3072), np.uint8), labels=[10]), "labels in 0..9"),
+        "labels-bytes": (_batch(np.zeros((1, 3072), np.uint8), labels=b"\x03"), "labels as a list"),
+        "data-float": (_batch(np.zeros((1, 3072), np.float32)), "values other than"),
+        "data-wrong-shape": (_batch(np.zeros((1, 3071), np.uint8)), "(N, 3072)"),
+        "nested-deeply": ({b"data": [[[[[[1]]]]]], b"labels": [1]}, "values other than"),
+    }
+
+
+def _valid_batch() -> bytes:
+    rng = np.random.default_rng(0)
+    return pickle.dumps(_batch(rng.integers(0, 256, (1, 3072), dtype=np.uint8)), protocol=2)
+
+
+def test_crafted_and_damaged_batches_get_clear_errors_and_never_crash_the_reader(tmp_path):
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    expected = {}
+    for name, (obj, fragment) in crafted_batches().items():
+        for protocol in (2, 5):
+            (folder / f"{name}-p{protocol}").write_bytes(pickle.dumps(obj, protocol=protocol))
+            expected[f"{name}-p{protocol}"] = fragment
+    valid = _valid_batch()
+    (folder / "valid").write_bytes(valid)
+    for cut in [*range(0, len(valid), 53), *range(len(valid) - 40, len(valid))]:
+        (folder / f"truncated-{cut:05d}").write_bytes(valid[:cut])
+    rng = random.Random(17)
+    structure = [*range(0, 200), *range(len(valid) - 120, len(valid))]  # the pickle's opcodes around the pixels
+    for index in range(300):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 3)):
+            where = rng.choice(structure) if index % 3 else rng.randrange(len(data))
+            data[where] ^= rng.randint(1, 255)
+        (folder / f"flipped-{index:03d}").write_bytes(bytes(data))
+
+    done = subprocess.run([sys.executable, "-c", READER, str(folder)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"the reader died (status {done.returncode}): {done.stderr[-2000:]}"
+    results = json.loads(done.stdout)
+    assert len(results) == len(list(folder.iterdir()))
+    assert results.pop("valid") == "loaded"
+    unexpected = {name: outcome for name, outcome in results.items() if not outcome.startswith(("refused", "loaded"))}
+    assert unexpected == {}
+    for name, fragment in expected.items():
+        assert results[name].startswith("refused: ") and fragment in results[name], (name, results[name])
+    truncated = {name: outcome for name, outcome in results.items() if name.startswith("truncated")}
+    assert all(outcome.startswith("refused: ") for outcome in truncated.values()), truncated
+    flipped = [outcome for name, outcome in results.items() if name.startswith("flipped")]
+    assert sum(outcome.startswith("refused") for outcome in flipped) > 100  # most flips of the structure are caught
+
+
+def test_a_crafted_batch_makes_the_dataset_unavailable_with_the_reason(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(_valid_batch())
+    crafted, _ = crafted_batches()["dtype-build-object-flags"]
+    (folder / "data_batch_3").write_bytes(pickle.dumps(crafted, protocol=2))
+    with pytest.raises(DatasetUnavailable, match="data_batch_3: not a CIFAR-10 batch: refusing to load an object dtype"):
+        load_dataset("cifar10", root=str(tmp_path), val_size=0)
+    (folder / "data_batch_3").write_bytes(_valid_batch())
+    assert len(load_dataset("cifar10", root=str(tmp_path), val_size=0).train) == 5
+    images, labels = read_cifar_batch(folder / "test_batch")
+    assert images.shape == (1, 3, 32, 32) and labels.tolist() == [3]
