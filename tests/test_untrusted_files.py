@@ -157,3 +157,84 @@ def test_a_crafted_batch_makes_the_dataset_unavailable_with_the_reason(tmp_path)
     assert len(load_dataset("cifar10", root=str(tmp_path), val_size=0).train) == 5
     images, labels = read_cifar_batch(folder / "test_batch")
     assert images.shape == (1, 3, 32, 32) and labels.tolist() == [3]
+
+
+# -- the other binary readers -----------------------------------------------------------------------------------
+
+def _refused_clearly(read, path: Path) -> str:
+    """'loaded', or the message of the ValueError `read(path)` raised naming the file; any other exception fails."""
+    try:
+        read(path)
+    except ValueError as err:
+        assert str(path) in str(err), str(err)
+        return str(err)
+    return "loaded"
+
+
+def test_damaged_idx_files_get_clear_errors(tmp_path, monkeypatch):
+    import gzip
+    import struct
+
+    from samscale.data import idx
+
+    images = np.random.default_rng(1).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    plain = bytes([0, 0, 0x08, 3]) + struct.pack(">3i", *images.shape) + images.tobytes()
+    cases = {
+        "short-header": plain[:9], "no-dims": bytes([0, 0, 0x08, 200]), "negative-dim": plain[:4] + struct.pack(
+            ">3i", -3, 28, 28) + images.tobytes(), "short-body": plain[:-1], "gzip-garbage": b"\x1f\x8b" + b"\x00" * 30,
+        "gzip-truncated": gzip.compress(plain)[:-9], "gzip-bomb": gzip.compress(b"\x00" * 5000),
+    }
+    monkeypatch.setattr(idx, "MAX_BYTES", 4096)  # the bomb decompresses past the (here small) limit
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        message = _refused_clearly(idx.read_idx, tmp_path / name)
+        assert message != "loaded", name
+    assert "decompresses to more than 4096 bytes" in _refused_clearly(idx.read_idx, tmp_path / "gzip-bomb")
+    assert "promises 200 dimensions" in _refused_clearly(idx.read_idx, tmp_path / "no-dims")
+    rng = random.Random(3)
+    packed = gzip.compress(plain)
+    outcomes = []
+    for index in range(150):
+        data = bytearray(packed if index % 2 else plain)
+        data[rng.randrange(len(data) if index % 3 else 30)] ^= rng.randint(1, 255)
+        (tmp_path / "flipped").write_bytes(bytes(data))
+        outcomes.append(_refused_clearly(idx.read_idx, tmp_path / "flipped"))
+    assert 0 < sum(outcome != "loaded" for outcome in outcomes) < len(outcomes)
+
+
+def test_damaged_ogb_tables_get_clear_errors(tmp_path):
+    import gzip
+
+    from samscale.data.ogb_molecules import read_molecule_table, read_split_index
+
+    good = b"smiles,task1,mol_id\nCCO,1,0\nCCN,,1\n"
+    cases = {"garbage.csv.gz": b"\x1f\x8b" + bytes(range(40)), "truncated.csv.gz": gzip.compress(good)[:-12],
+             "not-gzip.csv.gz": good, "huge-field.csv.gz": gzip.compress(b"smiles,task1\n\"" + b"C" * 200_000 + b"\",1\n"),
+             "latin1.csv.gz": gzip.compress("smiles,task1\nC\xe9,1\n".encode("latin-1"))}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert _refused_clearly(read_molecule_table, tmp_path / name) != "loaded", name
+        assert _refused_clearly(lambda path: read_split_index(path, 3), tmp_path / name) != "loaded", name
+    (tmp_path / "good.csv.gz").write_bytes(gzip.compress(good))
+    smiles, labels, tasks = read_molecule_table(tmp_path / "good.csv.gz")
+    assert smiles == ["CCO", "CCN"] and tasks == ["task1"] and labels[0, 0] == 1.0 and np.isnan(labels[1, 0])
+
+
+def test_a_damaged_dataset_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch):
+    pytest.importorskip("mnist1d")
+    monkeypatch.setenv("SAMSCALE_DATA", str(tmp_path))
+    first = load_dataset("mnist1d", val_size=0, num_samples=200)
+    (cache,) = (tmp_path / "mnist1d").glob("mnist1d-*.npz")
+    for damage in (b"PK\x03\x04 torn", cache.read_bytes()[:200], b""):
+        cache.write_bytes(damage)
+        again = load_dataset("mnist1d", val_size=0, num_samples=200)
+        assert torch_equal(again.train.x, first.train.x) and torch_equal(again.test.y, first.test.y)
+        assert np.load(cache)["x"].shape == (160, 40)  # written again, whole
+    np.savez(cache, x=np.array([None] * 3, dtype=object), y=np.zeros(3), x_test=np.zeros(1), y_test=np.zeros(1))
+    assert torch_equal(load_dataset("mnist1d", val_size=0, num_samples=200).train.x, first.train.x)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

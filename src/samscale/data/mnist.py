@@ -23,6 +23,7 @@ from samscale.data.errors import ChecksumMismatch
 from samscale.data.grayscale import grayscale_source
 from samscale.data.idx import IDX_FILES, ImageArrays, read_idx_dataset
 from samscale.data.locate import Candidate, first_available, skipped
+from samscale.data.npz_cache import read_npz_cache
 from samscale.data.paths import dataset_dir
 from samscale.data.safe_pickle import load_array_pickle
 from samscale.fileio import write_with
@@ -80,15 +81,22 @@ def read_nielsen_pickle_cached(path: Path, cache_dir: Path) -> tuple[ImageArrays
     if digest != expected:
         raise ChecksumMismatch(f"{path}: sha256 is {digest}, expected {expected}")
     cache = cache_dir / f"mnist-{digest[:16]}.npz"
-    if cache.is_file():
-        with np.load(cache) as stored:
-            return ImageArrays(*(stored[field] for field in ImageArrays._fields)), f"decoded copy at {cache}"
+    stored = read_npz_cache(cache, ImageArrays._fields, _plausible)
+    if stored is not None:
+        return ImageArrays(**stored), f"decoded copy at {cache}"
     arrays = read_nielsen_pickle(path, sha256=digest)
     try:
         write_with(cache, lambda out: np.savez(out, **arrays._asdict()))
         return arrays, f"decoded copy cached at {cache}"
     except OSError:
         return arrays, "not cached: cache folder not writable"
+
+
+def _plausible(arrays: dict[str, np.ndarray]) -> bool:
+    """Whether cached arrays have the shapes and types of decoded MNIST (images uint8 (N, 28, 28), labels int64)."""
+    return all(arrays[f"{split}_images"].dtype == np.uint8 and arrays[f"{split}_images"].shape[1:] == (28, 28)
+               and arrays[f"{split}_labels"].dtype == np.int64
+               and arrays[f"{split}_labels"].shape == arrays[f"{split}_images"].shape[:1] for split in ("train", "test"))
 
 
 def _download(directory: Path) -> ImageArrays:
