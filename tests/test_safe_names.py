@@ -72,7 +72,8 @@ def test_unsafe_study_names_on_the_command_line_are_refused(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(_study_dict()["base"]))
     for key, name in _bad(tmp_path).items():
-        for argv in (["train", "run.yaml", "--workdir", "w", "--study", name], ["runs", "--workdir", "w", "--study", name]):
+        for argv in (["train", "run.yaml", "--workdir", "w", "--study", name],
+                     ["runs", "--workdir", "w", "--study", name]):
             assert main(argv) == 2, (key, argv)
             err = capsys.readouterr().err
             assert "--study" in err and "letters, digits and '-_.' only" in err, (key, err)

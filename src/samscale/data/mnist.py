@@ -94,9 +94,9 @@ def read_nielsen_pickle_cached(path: Path, cache_dir: Path) -> tuple[ImageArrays
 
 def _plausible(arrays: dict[str, np.ndarray]) -> bool:
     """Whether cached arrays have the shapes and types of decoded MNIST (images uint8 (N, 28, 28), labels int64)."""
-    return all(arrays[f"{split}_images"].dtype == np.uint8 and arrays[f"{split}_images"].shape[1:] == (28, 28)
-               and arrays[f"{split}_labels"].dtype == np.int64
-               and arrays[f"{split}_labels"].shape == arrays[f"{split}_images"].shape[:1] for split in ("train", "test"))
+    pairs = [(arrays[f"{split}_images"], arrays[f"{split}_labels"]) for split in ("train", "test")]
+    return all(x.dtype == np.uint8 and x.shape[1:] == (28, 28) and y.dtype == np.int64 and y.shape == x.shape[:1]
+               for x, y in pairs)
 
 
 def _download(directory: Path) -> ImageArrays:

@@ -10,8 +10,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 
-def read_npz_cache(path: Path, fields: Sequence[str],
-                   valid: Callable[[dict[str, np.ndarray]], bool] = lambda arrays: True) -> dict[str, np.ndarray] | None:
+def read_npz_cache(path: Path, fields: Sequence[str], valid: Callable[[dict[str, np.ndarray]], bool] = lambda _: True
+                   ) -> dict[str, np.ndarray] | None:
     """The arrays `fields` of the cache at `path` (numeric dtypes only, no pickled objects), or None when it is
     absent or unusable."""
     if not path.is_file():

@@ -17,9 +17,9 @@ from samscale.spec.status import FINISHED
 from samscale.spec.study import Study
 from samscale.store import RunStore
 from samscale.sweep.executors import RunOutcome
-from samscale.version import code_version
 from samscale.sweep.preflight import preflight
 from samscale.sweep.study_file import save_study
+from samscale.version import code_version
 from samscale.workdir import checkpoint_path, store_path
 
 ProgressCallback = Callable[[RunOutcome, int, int], None]
