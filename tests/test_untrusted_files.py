@@ -100,7 +100,31 @@ def crafted_batches() -> dict[str, tuple[object, str]]:
         "data-float": (_batch(np.zeros((1, 3072), np.float32)), "values other than"),
         "data-wrong-shape": (_batch(np.zeros((1, 3071), np.uint8)), "(N, 3072)"),
         "nested-deeply": ({b"data": [[[[[[1]]]]]], b"labels": [1]}, "values other than"),
+        "nested-too-deeply": ({b"data": _nested(40), b"labels": [1]}, "nested deeper than"),
+        "shared-references": ({b"data": _doubling(30), b"labels": [1]}, "values other than"),  # 2**30 leaves
+        "holds-itself": ({b"data": _holding_itself(), b"labels": [1]}, "holds itself"),
     }
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _doubling(levels: int) -> list:
+    """A list whose expansion has 2**levels leaves, stored in a few hundred bytes by shared references."""
+    value: list = [1]
+    for _ in range(levels):
+        value = [value, value]
+    return value
+
+
+def _holding_itself() -> list:
+    value: list = []
+    value.append(value)
+    return value
 
 
 def _valid_batch() -> bytes:

@@ -152,20 +152,34 @@ class _ArrayUnpickler(pickle.Unpickler):
         _refuse("refusing to load a persistent reference")
 
 
-def _resolve(value: Any, depth: int = 0) -> Any:
-    """The loaded structure with each pending array replaced by its checked array; only plain types survive."""
+_IN_PROGRESS = object()
+
+
+def _resolve(value: Any, depth: int = 0, done: dict[int, Any] | None = None) -> Any:
+    """The loaded structure with each pending array replaced by its checked array; only plain types survive.
+
+    Each container is converted once, however often the stream refers to it (so shared references cannot blow the
+    work up exponentially), and a container that holds itself is refused."""
+    done = {} if done is None else done
     if depth > _MAX_DEPTH:
         _refuse(f"refusing to load containers nested deeper than {_MAX_DEPTH}")
+    if id(value) in done:
+        if done[id(value)] is _IN_PROGRESS:
+            _refuse("refusing to load a container that holds itself")
+        return done[id(value)]
     if isinstance(value, _PendingArray):
         if value.array is None:
             _refuse("refusing to load an array that was never given its data")
         return value.array
-    if isinstance(value, dict):
-        return {_resolve(key, depth + 1): _resolve(item, depth + 1) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_resolve(item, depth + 1) for item in value]
-    if isinstance(value, tuple):
-        return tuple(_resolve(item, depth + 1) for item in value)
+    if isinstance(value, (dict, list, tuple)):
+        done[id(value)] = _IN_PROGRESS
+        if isinstance(value, dict):
+            result: Any = {_resolve(key, depth + 1, done): _resolve(item, depth + 1, done)
+                           for key, item in value.items()}
+        else:
+            result = type(value)(_resolve(item, depth + 1, done) for item in value)
+        done[id(value)] = result
+        return result
     if value is None or isinstance(value, (bool, int, float, complex, str, bytes, np.ndarray, np.generic)):
         return value
     _refuse(f"refusing to load an object of type {type(value).__name__}")
