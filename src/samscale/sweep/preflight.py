@@ -16,6 +16,7 @@ import torch
 from samscale.data.minatar_env import minatar_version
 from samscale.data.options import resolve_options
 from samscale.data.partition import check_partition
+from samscale.data.paths import dataset_dir
 from samscale.data.registry import DATASETS, load_dataset
 from samscale.errors import ConfigError
 from samscale.spec.run import RunSpec
@@ -45,10 +46,17 @@ def _options_key(spec: RunSpec) -> tuple[str, str]:
     return spec.data.name, json.dumps(spec.data.options, sort_keys=True)
 
 
+_SIZES: dict[tuple[str, str, str], int] = {}
+
+
 def training_size(name: str, options: dict) -> int:
     """Examples in the official training set of dataset `name` with `options` (loads its source: files must exist;
-    DatasetUnavailable lists where it looked and how to provide them)."""
-    return len(load_dataset(name, val_size=0, augment=False, **options).train)
+    DatasetUnavailable lists where it looked and how to provide them). Remembered per dataset folder for this
+    process, so planning a sweep twice (the CLI plans, then sweeps) loads a large dataset once."""
+    key = (name, json.dumps(options, sort_keys=True), str(dataset_dir(name).resolve()))
+    if key not in _SIZES:
+        _SIZES[key] = len(load_dataset(name, val_size=0, augment=False, **options).train)
+    return _SIZES[key]
 
 
 def preflight(specs: Sequence[RunSpec]) -> None:
