@@ -26,7 +26,7 @@ class UnreadableFile(ConfigError):
 
 #: What the standard parsers raise on damaged input, besides the ValueErrors that already say what was wrong.
 _PARSE_ERRORS = (gzip.BadGzipFile, zlib.error, csv.Error, struct.error, zipfile.BadZipFile, EOFError, UnicodeError,
-                 IndexError, KeyError, OverflowError, MemoryError)
+                 OverflowError, MemoryError)
 
 
 @contextlib.contextmanager
