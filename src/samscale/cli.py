@@ -26,15 +26,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from samscale.spec.run import load_spec
     from samscale.store import RunStore
     from samscale.sweep.executors import execute_run
+    from samscale.sweep.preflight import preflight
     from samscale.train.checkpoint import load_checkpoint
     from samscale.train.events import EpochEnded
     from samscale.version import code_version
     from samscale.workdir import checkpoint_path, store_path
 
     _positive("--nproc", args.nproc)
+    _check_study_option(args.study)
     spec = load_spec(args.config, args.set + ([f"runtime.nproc={args.nproc}"] if args.nproc else []))
     _positive("--threads", args.threads)
     _check_models([spec])
+    preflight([spec])  # device, dataset options, data files and split sizes, before the store is opened
     if checkpoint_path(args.workdir, spec.run_id).is_file():  # refuse a damaged or unsafe one before the store
         load_checkpoint(checkpoint_path(args.workdir, spec.run_id))
     store = RunStore(store_path(args.workdir))
@@ -68,6 +71,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """Print the table of runs in a work directory's store."""
     import pandas as pd
 
+    _check_study_option(args.study)
     store = _store(args.workdir)
     if args.study and args.study not in (studies := store.studies()):
         raise ConfigError(f"no study {args.study!r} in {store.path}; studies there: {', '.join(studies) or 'none'}")
@@ -105,6 +109,17 @@ def _positive(option: str, value: int | float | None) -> None:
         raise UsageError(f"{option} must be a positive number, got {value}")
 
 
+def _check_study_option(study: str | None) -> None:
+    """Refuse a --study name that could not name a folder safely (traversal, separators, NUL, hidden names)."""
+    from samscale.names import check_name
+
+    if study is not None:
+        try:
+            check_name(study, "--study")
+        except ConfigError as err:
+            raise UsageError(str(err)) from None
+
+
 def _check_executor_options(args: argparse.Namespace) -> None:
     """Refuse non-positive --workers, --threads and --gpus-per-run (0 GPUs, the default, means none)."""
     for option in ("workers", "threads", "gpus_per_run"):
@@ -124,6 +139,19 @@ def _check_models(specs) -> None:
             raise ConfigError(f"model.size / model.options of run {spec.label()}: {err}") from None
 
 
+def error_headline(error: str | None) -> str:
+    """The first line of a run's error: of a traceback, the first line of its (last) exception, e.g.
+    `ValueError: val_size=9 must be ...`, not the traceback's header nor the exception message's last line."""
+    lines = (error or "").strip().splitlines()
+    if not lines:
+        return "(no error recorded)"
+    if lines[0].startswith("Traceback (most recent call last)"):
+        frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+        after = lines[frames[-1] + 1:] if frames else lines[1:]
+        return next((line for line in after if line and not line[0].isspace()), lines[-1])
+    return lines[0]
+
+
 def _progress(todo, done: int, total: int):
     """A progress bar over the runs' estimated cost (so the ETA holds although the longest runs start first)."""
     from tqdm import tqdm
@@ -141,7 +169,7 @@ def _progress(todo, done: int, total: int):
         bar.update(min(costs.get(outcome.run_id, scale) / scale, max(bar.total - bar.n, 0.0)))
         bar.set_postfix_str(f"{finished[0]}/{total} runs; {outcome.status}: {outcome.label}")
         if outcome.status == "failed":
-            bar.write(f"run {outcome.run_id} failed: {(outcome.error or '').strip().splitlines()[-1:]}")
+            bar.write(f"run {outcome.run_id} failed: {error_headline(outcome.error)}")
 
     return bar, update
 
@@ -156,7 +184,7 @@ def run_sweep(study, workdir: Path, args: argparse.Namespace) -> int:
     _check_models(study.expand())  # every run is valid and buildable before the store is opened or created
     executor = make_executor(args.executor, workers=args.workers, threads=args.threads, address=args.address,
                              gpus_per_run=args.gpus_per_run)
-    store, todo, decision = plan(study, workdir, other_versions)
+    store, todo, decision = plan(study, workdir, other_versions, check_here=getattr(executor, "runs_here", True))
     total = decision["total"]
     print(f"study {study.name!r}: {total} runs, {total - len(todo)} already finished; store {store.path}")
     if decision["message"]:
@@ -196,6 +224,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run one of the paper's experiments at a budget, or list them."""
+    from samscale.fileio import write_text
     from samscale.recipes import RECIPES, FunctionRecipe, check_data, get_recipe
 
     if args.list or not args.name:
@@ -223,7 +252,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 2
     if any(folder for folder, _ in studies):  # a combined recipe: one index over its members' reports
         index = out / "index.md"
-        index.write_text("".join(f"- [{p.parent.parent.name}]({p.relative_to(out)})\n" for p in reports))
+        write_text(index, "".join(f"- [{p.parent.parent.name}]({p.relative_to(out)})\n" for p in reports))
         print(f"index of reports: {index}")
     return status
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from samscale.errors import ConfigError, format_validation_error
+from samscale.fileio import write_text
 from samscale.hessian.analyze import scalar_summary
 from samscale.report.analysis_figures import write_analysis_figures
 from samscale.spec.run import RunSpec
@@ -61,8 +62,8 @@ def analyze_target(
     scalars = scalar_summary(report)
     out = Path(out) if out else analysis_dir(workdir, spec.run_id)
     out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "analysis.json"
-    json_path.write_text(json.dumps({"run_id": spec.run_id, "label": spec.label(), **report}, indent=1))
+    json_path = write_text(out / "analysis.json", json.dumps({"run_id": spec.run_id, "label": spec.label(), **report},
+                                                             indent=1))
     figures = write_analysis_figures(report, out, title=spec.label())
     if store_path(workdir).exists():
         store = RunStore(store_path(workdir))

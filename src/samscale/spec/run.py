@@ -82,6 +82,13 @@ class DataSpec(_Section):
 
     _train_subset = field_validator("train_subset")(_at_least_one)
 
+    @field_validator("split_seed", "noise_seed")
+    @classmethod
+    def _seed(cls, seed: int) -> int:
+        if seed < 0:
+            raise ValueError(f"must be a seed >= 0, got {seed}")
+        return seed
+
 
 class ModelSpec(_Section):
     """A model family and its size on the family's ladder (MLP multiplier k, ResNet filters, ViT name, width)."""
@@ -304,6 +311,20 @@ class RuntimeSpec(_Section):
         return device
 
 
+def dqn_problem(spec: "RunSpec") -> str | None:
+    """What a DQN run (`rl.env` set) asks for that DQN training does not do, or None: a learning-rate schedule
+    other than constant without warm-up, pruning, or curvature analyses."""
+    if spec.rl.env is None:
+        return None
+    if spec.schedule.kind != "constant" or spec.schedule.warmup_epochs:
+        return (f"DQN runs (rl.env: {spec.rl.env}) use a constant learning rate; set schedule.kind: constant (got "
+                f"{spec.schedule.kind!r}) and schedule.warmup_epochs: 0 (got {spec.schedule.warmup_epochs})")
+    if spec.sparsity.method != "none" or spec.analysis.what:
+        return (f"DQN runs (rl.env: {spec.rl.env}) support neither pruning (got sparsity.method "
+                f"{spec.sparsity.method!r}) nor curvature analyses (got analysis.what {spec.analysis.what})")
+    return None
+
+
 class RunSpec(_Section):
     """Everything that determines one run. `run_id` is a hash of the identity fields' canonical form."""
 
@@ -319,6 +340,12 @@ class RunSpec(_Section):
     runtime: RuntimeSpec = RuntimeSpec()
 
     IDENTITY: ClassVar[tuple[str, ...]] = ("data", "model", "optim", "schedule", "train", "sparsity")
+
+    @model_validator(mode="after")
+    def _consistent_sections(self) -> "RunSpec":
+        if problem := dqn_problem(self):
+            raise ValueError(problem)
+        return self
 
     def identity(self) -> dict[str, Any]:
         """The fields that change a run's numbers, with settings that cannot matter normalized away."""

@@ -99,6 +99,8 @@ class RayExecutor:
     Checkpoints go to `workdir`, which must be visible to every node (a shared filesystem) for resume to work.
     """
 
+    runs_here = False  # devices and data are the workers' own: the driver does not preflight them
+
     def __init__(self, address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
                  init_kwargs: dict | None = None):
         self.address = address

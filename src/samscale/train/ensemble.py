@@ -216,8 +216,9 @@ def _train_members(specs: list[RunSpec], workdir: Path, emit: EventHandler, max_
     return [member.finish(workdir, emit) for member in members]
 
 
-def _per_member(values: Iterable[float], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    return torch.tensor(list(values), dtype=dtype, device=device)
+def _per_member(values: Iterable[float], device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """Per-member settings (lr, ρ, …) as a (K,) tensor, in the default float dtype unless `dtype` is given."""
+    return torch.tensor(list(values), dtype=dtype or torch.get_default_dtype(), device=device)
 
 
 def _expand(values: Tensor, like: Tensor) -> Tensor:
