@@ -53,6 +53,7 @@ from samscale.spec.status import RunStatus
 from samscale.train.checkpoint import load_checkpoint, save_checkpoint
 from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunEvent, RunStarted
 from samscale.train.loop import RunResult, _Run, _torch_threads, resolve_device, train_run
+from samscale.train.precision import compute_record, precision_policy
 from samscale.train.summary import summarize_history, validation_score
 from samscale.workdir import checkpoint_path
 
@@ -66,8 +67,8 @@ STREAMED_DATASETS: tuple[str, ...] = ("imagenet",)
 _KNOWN_FIELDS: dict[str, tuple[str, ...]] = {
     "optim": ("name", "base", "lr", "momentum", "nesterov", "weight_decay", "betas", "rho", "m", "asam_eta"),
     "train": ("epochs", "batch_size", "seed"),
-    "runtime": ("device", "threads", "compile", "channels_last", "bf16", "eval_batch_size", "train_eval_size",
-                "keep_optimizer_state"),
+    "runtime": ("device", "threads", "compile", "channels_last", "bf16", "precision", "analysis_precision",
+                "cudnn_benchmark", "loader_workers", "eval_batch_size", "train_eval_size", "keep_optimizer_state"),
     "sparsity": ("method", "sparsity"),
     "schedule": ("kind", "milestones", "gamma", "warmup_epochs"),
 }
@@ -84,8 +85,8 @@ def unpackable_reason(spec: RunSpec) -> str | None:
         return f"m-sharpness (optim.m={spec.optim.m})"
     if spec.sparsity.method != "none":
         return f"pruning at initialization (sparsity.method={spec.sparsity.method!r})"
-    if spec.runtime.bf16:
-        return "bf16 autocast (runtime.bf16)"
+    if spec.runtime.precision in ("bf16", "fp16"):
+        return f"{spec.runtime.precision} autocast (runtime.precision={spec.runtime.precision})"
     if spec.data.name in STREAMED_DATASETS:
         return f"dataset {spec.data.name!r} is streamed from disk"
     task = DATASETS[spec.data.name].task
@@ -128,7 +129,9 @@ def train_ensemble(
     if not specs:
         return []
     emit = on_event or (lambda event: None)
-    with _torch_threads(specs[0].runtime.threads):
+    runtime = specs[0].runtime
+    benchmark = runtime.cudnn_benchmark and resolve_device(runtime.device).type == "cuda"
+    with _torch_threads(runtime.threads), precision_policy(runtime.precision, cudnn_benchmark=benchmark):
         if workdir is None:
             with tempfile.TemporaryDirectory(prefix="samscale-ensemble-") as scratch:
                 return _train_members(specs, Path(scratch), emit, max_epochs)
@@ -190,6 +193,7 @@ class _Member:
         final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in self.run.model.parameters()))
         final["data_source"] = self.run.dataset.source
         final["substitute_for"] = self.run.dataset.substitute_for
+        final.update(compute_record(self.run.device, self.spec.runtime.precision))
         emit(RunEnded(run_id, self.status, final))
         return RunResult(run_id, self.status, final, self.run.history)
 
@@ -217,7 +221,12 @@ def _train_members(specs: list[RunSpec], workdir: Path, emit: EventHandler, max_
 
 
 def _per_member(values: Iterable[float], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    return torch.tensor(list(values), dtype=dtype, device=device)
+    """A (K,) tensor of per-member values on `device`; on CUDA copied from pinned memory without waiting for the
+    device (a plain copy from pageable memory would wait for every queued kernel, once per step for the rates)."""
+    values = torch.tensor(list(values), dtype=dtype)
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
 
 
 def _expand(values: Tensor, like: Tensor) -> Tensor:
@@ -256,6 +265,7 @@ class _Pack:
         self.rho = _per_member((o.rho for o in sam), device)
         self.eta = _per_member((o.asam_eta for o in sam), device)
         self.adaptive = _per_member((o.name == "asam" for o in sam), device, torch.bool)
+        self.any_adaptive = any(o.name == "asam" for o in sam)  # a Python bool: no device read per step
         self.normalize = _per_member((o.name != "usam" for o in sam), device, torch.bool)
 
     def _momentum_buffer(self, member: _Member, index: int) -> Tensor:
@@ -296,7 +306,7 @@ class _Pack:
         weights = [self.params[n][:s] for n in self.names]
         t_gs, t2_gs = [], []
         for w, g in zip(weights, grads):
-            if w.dim() > 2 and bool(self.adaptive.any()):  # ASAM: T = |w| + η on weight tensors
+            if w.dim() > 2 and self.any_adaptive:  # ASAM: T = |w| + η on weight tensors
                 adaptive = _expand(self.adaptive, w)
                 scale = w.abs() + _expand(self.eta, w)
                 t_g = scale * g
@@ -417,6 +427,7 @@ class _Pack:
         self.rho, self.eta, self.adaptive, self.normalize = (
             t[sam_index] for t in (self.rho, self.eta, self.adaptive, self.normalize))
         self.n_sam = len(sam_index)
+        self.any_adaptive = any(m.spec.optim.name == "asam" for m in self.members[: self.n_sam])
 
 
 class _PackMeter:
