@@ -119,3 +119,25 @@ def test_reports_show_where_and_how_runs_computed():
                                "NVIDIA H100, precision bf16, torch 2.13.0 (1 runs)")
     assert _compute(frame.iloc[:2]) == f"cpu, precision tf32, torch {torch.__version__}"
     assert _compute(pd.DataFrame([{"status": "complete", "code_version": "x"}])) == "(not recorded)"
+
+
+def test_train_run_autotunes_convolutions_on_cuda_only_and_when_the_policy_allows(tiny_config, monkeypatch):
+    import samscale.train.loop as loop
+
+    calls = []
+
+    class Entered(Exception):
+        pass
+
+    def spy(policy, *, cudnn_benchmark=False):
+        calls.append((policy, cudnn_benchmark))
+        raise Entered
+
+    monkeypatch.setattr(loop, "precision_policy", spy)
+    cases = [("cpu", [], ("highest", False)), ("cuda", [], ("highest", True)),
+             ("cuda", ["runtime.cudnn_benchmark=false", "runtime.precision=tf32"], ("tf32", False))]
+    for device, overrides, expected in cases:
+        monkeypatch.setattr(loop, "resolve_device", lambda name, _d=device: torch.device(_d))
+        with pytest.raises(Entered):
+            loop.train_run(build_spec(tiny_config, overrides))
+        assert calls[-1] == expected
