@@ -141,3 +141,26 @@ def test_train_run_autotunes_convolutions_on_cuda_only_and_when_the_policy_allow
         with pytest.raises(Entered):
             loop.train_run(build_spec(tiny_config, overrides))
         assert calls[-1] == expected
+
+
+def test_a_scaled_step_shares_gradients_before_the_scaler_looks_for_overflow():
+    """`before_step` (the average over processes) sees the scaled gradients, so an inf in any process reaches
+    every process before GradScaler.step decides; the step itself uses the unscaled gradient."""
+    from samscale.train.loop import _step
+
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+    seen = []
+    loss = (weight**2).sum()  # gradient 2w = (2, -4)
+    _step(optimizer, loss, torch.amp.GradScaler("cpu", init_scale=4.0),
+          before_step=lambda: seen.append(weight.grad.clone()))
+    assert torch.equal(seen[0], torch.tensor([8.0, -16.0]))  # 4 × (2, -4)
+    assert torch.equal(weight.detach(), torch.tensor([0.0, 0.0]))  # w - 0.5 · (2, -4)
+
+    def overflow_elsewhere():  # another process overflowed: its inf arrives in the average
+        weight.grad[0] = float("inf")
+
+    loss = (weight**2).sum()
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    _step(optimizer, loss, scaler, before_step=overflow_elsewhere)
+    assert torch.equal(weight.detach(), torch.tensor([0.0, 0.0])) and scaler.get_scale() == 2.0  # skipped, backed off

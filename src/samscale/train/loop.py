@@ -368,7 +368,9 @@ def _autocast(spec: RunSpec, device: torch.device):
 def _step(optimizer: torch.optim.Optimizer, loss: Tensor, scaler: torch.amp.GradScaler | None,
           before_step: Callable[[], None] | None = None) -> None:
     """Backward and one optimizer step, through `scaler` when there is one (fp16: an overflowing step is skipped);
-    `before_step` runs on the (unscaled) gradients first, e.g. to average them over processes."""
+    `before_step` runs on the gradients first, e.g. to average them over processes. With a scaler it averages the
+    scaled gradients (one scale on every process), so an overflow in any process reaches all of them before the
+    scaler looks for it, and every process skips the same steps."""
     if scaler is None:
         loss.backward()
         if before_step is not None:
@@ -376,7 +378,6 @@ def _step(optimizer: torch.optim.Optimizer, loss: Tensor, scaler: torch.amp.Grad
         optimizer.step()
         return
     scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
     if before_step is not None:
         before_step()
     scaler.step(optimizer)
