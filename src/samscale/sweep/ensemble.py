@@ -5,7 +5,7 @@ Runs that agree on everything but seed and optimizer settings (`samscale.train.e
 by `train_ensemble` in one process (this one, or one of a pool of workers). To the store each member is an ordinary run: it is claimed, its heartbeat beats
 while it trains, and its events are recorded by `StoreRecorder` as they happen, so a killed sweep resumes each member
 from its last checkpoint, like any other executor's runs. Runs that cannot be packed (see
-`samscale.train.ensemble.unpackable_reason`: unsupported families, sparsity, m-sharpness, Adam bases, bf16,
+`samscale.train.ensemble.unpackable_reason`: unsupported families, sparsity, m-sharpness, Adam bases, bf16/fp16,
 streamed data, per-token tagging), and packs that would hold a single run, go to the `fallback` executor, one `train_run` each.
 """
 from __future__ import annotations
@@ -36,7 +36,8 @@ train one by one. On an idle 2-core CPU packing barely pays (`benchmarks/bench_e
 thread): 9 packed width-0.25 MLPs train 1.27× as fast per core as one by one, 3 packed only 0.69×, 9 of width 1
 1.00×; end to end against the local pool the executor runs at 0.74–0.97× (widths 0.25–1). CPU steps of these
 models are bound by their matrix products, which packing does not shrink; packing is for GPUs, where a small model
-leaves the device idle (not measured here: no GPU was available)."""
+leaves the device idle (not measured here: no GPU was available). This is the CPU budget; on CUDA `make_executor`
+derives a larger one from the GPU's memory (`samscale.sweep.gpus.pack_param_budget`)."""
 
 
 class Executor(Protocol):

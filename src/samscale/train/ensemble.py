@@ -25,11 +25,14 @@ number of members trained in that epoch (each member's share of the machine).
 
 What cannot be packed (`unpackable_reason` says why; executors train such runs one by one with `train_run`): model
 families outside `PACKABLE_FAMILIES` (ResNet-50 and ViT are untested here; graph and RL models take other inputs),
-pruning masks (`sparsity`), m-sharpness (`optim.m`), Adam/AdamW bases, bf16 autocast, streamed image folders
-(ImageNet), per-token tagging datasets (their loss and accuracy count real tokens, which the pack's meters do not;
+pruning masks (`sparsity`), m-sharpness (`optim.m`), Adam/AdamW bases, bf16 or fp16 autocast
+(`runtime.precision`), streamed image folders (ImageNet), per-token tagging datasets (their loss and accuracy count real tokens, which the pack's meters do not;
 they train one by one, exactly), multilabel datasets (labelled-entry losses and average precision over a whole split,
 likewise), and any setting this trainer does not know about left at a non-default value.
-`runtime.compile` and `runtime.channels_last` only change speed and are ignored here.
+`runtime.compile` and `runtime.channels_last` only change speed and are ignored here. A pack trains under its
+runs' precision policy (`highest` or `tf32`), and a training step reads nothing back from the device: per-member
+settings live on the device, the learning rates reach it in a non-blocking copy, and the epoch's metrics are read
+once, at its end.
 """
 from __future__ import annotations
 
