@@ -38,11 +38,12 @@ def test_the_sweeps_own_visible_devices_are_shared_out_and_bad_values_refused():
         gpus.plan_gpu_slots(["0"], runs_per_gpu=0)
 
 
-@pytest.mark.parametrize("runs_per_gpu", [1, 2])
-def test_no_worker_sees_a_gpu_it_was_not_given(runs_per_gpu):
-    """A real spawned pool on a "4-GPU" host: every worker sees exactly one slot, always the same one, and the
-    slots seen are among those handed out (each GPU to at most `runs_per_gpu` workers)."""
-    slots = gpus.plan_gpu_slots(gpus.visible_gpus(environ={}, count=4), runs_per_gpu=runs_per_gpu)
+@pytest.mark.parametrize("count, runs_per_gpu", [(4, 1), (2, 2)])
+def test_no_worker_sees_a_gpu_it_was_not_given(count, runs_per_gpu):
+    """A real spawned pool of 4 workers on a "4-GPU" host (one run per GPU) and on a "2-GPU" host (two): every worker
+    sees exactly one slot, always the same one, and the slots seen are among those handed out (each GPU to at most
+    `runs_per_gpu` workers)."""
+    slots = gpus.plan_gpu_slots(gpus.visible_gpus(environ={}, count=count), runs_per_gpu=runs_per_gpu)
     context = mp.get_context("spawn")
     initializer, initargs = gpus.pool_initializer(slots, 1, os.getpid(), context)
     with ProcessPoolExecutor(len(slots), mp_context=context, initializer=initializer, initargs=initargs) as pool:
@@ -83,6 +84,7 @@ def test_pack_budget_divides_a_gpu_among_its_workers():
     assert gpus.pack_param_budget(500_000, slots, memory_bytes=10**6) == 500_000  # never below the CPU budget
 
 
+@pytest.mark.slow
 def test_a_local_pool_hands_gpu_runs_their_slot_and_cpu_runs_none(tiny_config, tmp_path):
     """Two runs of `auto` device through LocalPoolExecutor with one "GPU" slot given twice: the workers start
     through the slot initializer and both runs train (on this CPU host, where `auto` is the CPU)."""
