@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     outcome = execute_run(spec.model_dump_json(), str(store.path), str(args.workdir), args.threads, on_event=show)
     if outcome.status == "busy":
         print(f"run {spec.run_id} is being trained by another live process; nothing to do")
-        return 1 if rank == 0 and launched_by_torchrun() else 0  # torchrun then stops the waiting ranks
+        return 1 if launched_by_torchrun() else 0  # rank 0 under torchrun: torchrun then stops the other ranks
     if outcome.status == "failed":
         print(f"run {spec.run_id} failed:\n{outcome.error}", file=sys.stderr)
         return 1
