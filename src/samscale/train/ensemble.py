@@ -49,6 +49,7 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from samscale.data import make_loader
+from samscale.data.augment import host_to_device
 from samscale.data.registry import DATASETS
 from samscale.optim import SAM, frozen_bn_stats
 from samscale.spec.run import RunSpec
@@ -226,10 +227,7 @@ def _train_members(specs: list[RunSpec], workdir: Path, emit: EventHandler, max_
 def _per_member(values: Iterable[float], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
     """A (K,) tensor of per-member values on `device`; on CUDA copied from pinned memory without waiting for the
     device (a plain copy from pageable memory would wait for every queued kernel, once per step for the rates)."""
-    values = torch.tensor(list(values), dtype=dtype)
-    if device.type == "cuda":
-        return values.pin_memory().to(device, non_blocking=True)
-    return values.to(device)
+    return host_to_device(torch.tensor(list(values), dtype=dtype), device)
 
 
 def _expand(values: Tensor, like: Tensor) -> Tensor:
