@@ -20,7 +20,7 @@ from samscale.spec.run import RunSpec
 from samscale.store import RunStore
 from samscale.train.checkpoint import load_checkpoint
 from samscale.train.curvature import analyze_model
-from samscale.train.loop import build_model_for, dataset_for, loss_function
+from samscale.train.loop import build_model_for, dataset_for, loss_function, resolve_device
 from samscale.workdir import analysis_dir, checkpoint_path, store_path
 
 
@@ -58,7 +58,8 @@ def analyze_target(
     except (RuntimeError, TypeError, AttributeError) as err:
         raise ConfigError(f"the weights in {target} do not fit the model of its spec ({spec.label()}): "
                           f"{' '.join(str(err).split())[:400]}") from None
-    report = analyze_model(spec, model, dataset, loss_function(dataset), what, n_examples)
+    report = analyze_model(spec, model, dataset, loss_function(dataset), what, n_examples,
+                           device=resolve_device(spec.runtime.device))
     scalars = scalar_summary(report)
     out = Path(out) if out else analysis_dir(workdir, spec.run_id)
     out.mkdir(parents=True, exist_ok=True)
