@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from samscale.data.dataset import SourceDataset
+from samscale.data.errors import reading
 from samscale.data.locate import Candidate, first_available, skipped
 from samscale.data.graphs import GraphSet
 from samscale.data.molecules import ATOM_FEATURES, mol_to_graph, rdkit_chem
@@ -85,7 +86,7 @@ def read_molecule_table(path: str | Path) -> tuple[list[str], np.ndarray, list[s
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "no such file", str(path))
-    with gzip.open(path, "rt", newline="") as handle:
+    with reading(path, "a gzip-compressed CSV table"), gzip.open(path, "rt", newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or "smiles" not in header:
@@ -118,7 +119,7 @@ def read_split_index(path: str | Path, size: int) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "no such file", str(path))
-    with gzip.open(path, "rt") as handle:
+    with reading(path, "a gzip-compressed list of row indices"), gzip.open(path, "rt") as handle:
         lines = [line.strip() for line in handle]
     try:
         index = np.array([int(line) for line in lines if line], dtype=np.int64)
