@@ -23,27 +23,37 @@ def trend_sentences(trend: dict[str, Any], rule: SelectionRule) -> dict[str, str
 
 
 def trend_sentence(entry: dict[str, Any], unit: str) -> str:
-    """What one trend entry says, in words."""
+    """What one trend entry says, in words: only what its calibrated numbers (the slope's Welch–Satterthwaite
+    interval, the exact rank test) support, and why not more."""
     sizes, seeds = entry["n_sizes"], entry["n_seeds"]
-    if not entry.get("enough"):
+    if entry.get("slope_per_decade") is None:
         return (f"{TOO_FEW} ({sizes} size{'s' * (sizes != 1)} with results, {seeds} seed{'s' * (seeds != 1)} at "
                 f"the thinnest; needs ≥ {MIN_SIZES} sizes and ≥ {MIN_SEEDS} seeds per size).")
-    spearman, p_value = entry["spearman"], entry["p_value"]
-    slope, (low, high) = entry["slope_per_decade"], entry["slope_ci95"]
+    spearman, p_value, slope = entry["spearman"], entry["p_value"], entry["slope_per_decade"]
     correlation = ("Spearman correlation undefined (constant gains)" if spearman is None else
-                   f"Spearman correlation of the gain with #parameters {spearman:+.2f} (permutation p = "
+                   f"Spearman correlation of the gain with #parameters {spearman:+.2f} (exact permutation p = "
                    f"{p_value:.3f})")
-    direction = "positive" if low > 0 else "negative" if high < 0 else None
-    significant = p_value is not None and p_value < 0.05
-    if direction and significant:
-        verdict = f"the gain {'grows' if direction == 'positive' else 'shrinks'} with size"
-    elif direction:
-        verdict = (f"the slope is {direction} (its interval excludes 0) but the rank correlation over {sizes} sizes "
-                   "is not significant")
+    if entry["slope_ci95"] is None:
+        interval = "no interval"
     else:
-        verdict = "no clear trend (the slope's interval includes 0)"
-    return (f"{verdict}: {correlation} over {sizes} sizes; slope {slope:+.3f} {unit} per tenfold more parameters "
-            f"(95% bootstrap interval {low:+.3f} to {high:+.3f}; ≥ {seeds} seeds per size).")
+        low, high = entry["slope_ci95"]
+        interval = f"95% interval {low:+.3f} to {high:+.3f}"
+    sign = "positive" if slope > 0 else "negative"
+    kind = entry.get("verdict", "no_trend")
+    verdict = {
+        "grows": "the gain grows with size: the slope's 95% interval excludes 0 and the rank correlation is "
+                 "significant",
+        "shrinks": "the gain shrinks with size: the slope's 95% interval excludes 0 and the rank correlation is "
+                   "significant",
+        "slope_only": f"the fitted slope is {sign} (its 95% interval excludes 0), but the rank correlation is not "
+                      "significant, so a steady rise or fall with size is not shown",
+        "ranks_only": "the rank correlation is significant but the slope's 95% interval includes 0",
+        "no_trend": "no trend shown: the slope's 95% interval includes 0 and the rank correlation is not "
+                    "significant",
+    }[kind]
+    note = f" Note: {entry['note']}." if entry.get("note") else ""
+    return (f"{verdict}. {correlation} over {sizes} sizes; slope {slope:+.3f} {unit} per tenfold more parameters "
+            f"({interval}; Welch–Satterthwaite over ≥ {seeds} seeds per size).{note}")
 
 
 def default_text(rule: SelectionRule, summary: pd.DataFrame) -> str:
