@@ -65,13 +65,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    """Print the table of runs in a work directory's store."""
+    """Print the table of runs in a work directory's store; in a study's folder, only the runs of its current grid."""
     import pandas as pd
+
+    from samscale.selection.scope import study_runs
+    from samscale.spec.study import load_study
+    from samscale.workdir import study_path
 
     store = _store(args.workdir)
     if args.study and args.study not in (studies := store.studies()):
         raise ConfigError(f"no study {args.study!r} in {store.path}; studies there: {', '.join(studies) or 'none'}")
-    frame = store.runs_frame(args.study)
+    study = load_study(study_path(args.workdir), check_runs=False) if study_path(args.workdir).is_file() else None
+    if study is not None and args.study in (None, study.name):
+        scoped = study_runs(store.runs_frame(study.name), study, store_total=len(store.statuses()))
+        frame = scoped.frame
+        print(f"study {study.name!r}: {len(frame)} runs; {scoped.header()}")
+    else:
+        frame = store.runs_frame(args.study)
     if frame.empty:
         print("no runs")
         return 0

@@ -100,6 +100,8 @@ def slope_interval(log_params: np.ndarray, gains: np.ndarray) -> dict[str, np.nd
     counts = np.isfinite(gains).sum(axis=-1)
     means = np.nanmean(gains, axis=-1)
     variances = np.nansum((gains - means[..., None]) ** 2, axis=-1) / (counts - 1)
+    spread = np.nanmax(gains, axis=-1) - np.nanmin(gains, axis=-1)
+    variances = np.where(spread <= 1e-12 * (1 + np.abs(means)), 0.0, variances)  # equal seeds up to rounding
     centred = log_params - log_params.mean()
     weights = centred / (centred**2).sum()
     slope = (means * weights).sum(axis=-1)
