@@ -158,12 +158,15 @@ def _progress(todo, done: int, total: int):
 
 def run_sweep(study, workdir: Path, args: argparse.Namespace) -> int:
     """Sweep a study with the executor chosen on the command line, showing progress with an ETA."""
+    from samscale.selection.study_checks import check_study
     from samscale.sweep.executors import make_executor
     from samscale.sweep.sweep import plan, sweep
 
     _check_executor_options(args)
     other_versions = "rerun" if args.rerun_other_versions else "reuse" if args.reuse_other_versions else "refuse"
-    _check_models(study.expand())  # every run is valid and buildable before the store is opened or created
+    specs = study.expand()
+    check_study(study, specs)  # the selection rule fits the runs: checked before anything is written
+    _check_models(specs)  # every run is valid and buildable before the store is opened or created
     executor = make_executor(args.executor, workers=args.workers, threads=args.threads, address=args.address,
                              gpus_per_run=args.gpus_per_run)
     store, todo, decision = plan(study, workdir, other_versions)
