@@ -140,8 +140,10 @@ def test_html_is_self_contained_with_figures_and_table_numbers(report):
     assert "![Gain vs number of parameters](figures/gain_vs_params.png)" in markdown
     # headers in words; accuracies in %, gains in pp, each column at one precision
     assert ("| label noise | size | parameters | seeds | SGD test acc. (%) | SAM test acc. (%) | SAM − SGD (pp) | "
-            "95% CI ± (pp) | ρ* | untuned ρ = 0.05 (pp) |") in markdown
-    assert "| 0 | 4 | 12,000 | 2 | 80.00 | 82.25 | 2.250 | 3.177 | 0.05 | 2.250 |" in markdown
+            "95% CI ± (pp) | ρ* | ρ* at grid edge | untuned ρ = 0.05 (pp) |") in markdown
+    assert "| 0 | 4 | 12,000 | 2 | 80.00 | 82.25 | 2.250 | 3.177 | 0.05 | smallest tried | 2.250 |" in markdown
+    assert ("ρ* = 0.05 is the smallest ρ tried at size = 1, label noise = 0.0; " in markdown
+            and "the optimum may lie beyond the grid" in markdown)
     assert "baseline_test_acc_mean" not in markdown and "gain_mean" not in markdown
     assert "<th>SAM − SGD (pp)</th>" in text and "<th>SGD test acc. (%)</th>" in text
 
@@ -228,7 +230,10 @@ def test_three_sizes_give_a_trend_sentence_with_the_slope(tmp_path):
     assert entry["slope_per_decade"] == pytest.approx(0.2) and entry["p_value"] == pytest.approx(1 / 3)
     low, high = entry["slope_ci95"]
     assert low <= 0.2 <= high and high - low < 0.05  # seeds differ by 0.01–0.02 pp only
-    assert "the slope is positive" in page.read_text() and "+0.200 pp per tenfold" in page.read_text()
+    text = page.read_text()
+    assert "the fitted slope is positive (its 95% interval excludes 0)" in text and "+0.200 pp per tenfold" in text
+    assert "with 3 sizes the rank test cannot reach p &lt; 0.05" in text and "grows with size" not in text
+    assert entry["verdict"] == "slope_only" and not entry["enough"]
 
 
 def test_default_rho_outside_the_grid_is_said_and_left_empty():

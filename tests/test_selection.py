@@ -499,3 +499,21 @@ def test_runs_differing_in_any_runspec_field_are_never_averaged_as_one_setting()
         section, _, leaf = field.rpartition(".")
         changed = build_spec({section: {leaf: value}} if section else {leaf: value})
         assert changed.flat()[field] != spec.flat()[field] and changed.run_id == spec.run_id, field
+
+
+def test_rho_star_at_the_edge_of_the_values_tried_is_flagged():
+    rows = [run("sgd", k, 0, val=0.9, test=0.9) for k in (1, 2, 3, 4)]
+    best = {1: 0.5, 2: 0.01, 3: 0.1}
+    for k, chosen in best.items():
+        rows += [run("sam", k, 0, rho=r, val=0.95 if r == chosen else 0.91, test=0.92) for r in (0.01, 0.1, 0.5)]
+    rows += [run("sam", 4, 0, rho=0.1, val=0.95, test=0.92)]
+    selected = select(frame(*rows), RULE)
+    assert selected["rho_star"].tolist() == [0.5, 0.01, 0.1, 0.1]
+    assert selected["rho_star_edge"].tolist() == ["largest tried", "smallest tried", "", "only value tried"]
+    summary = summarize(selected, RULE)
+    assert summary["rho_star_edge"].tolist() == ["largest tried", "smallest tried", "", "only value tried"]
+    from samscale.report.trend_text import edge_texts
+
+    assert edge_texts(summary, RULE) == {"ρ* at the grid edge": (
+        "ρ* = 0.5 is the largest ρ tried at size = 1; ρ* = 0.01 is the smallest ρ tried at size = 2: the "
+        "optimum may lie beyond the grid, so the tuned gain there may be understated")}

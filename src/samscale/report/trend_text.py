@@ -7,6 +7,7 @@ import pandas as pd
 
 from samscale.report.columns import axis_label
 from samscale.report.figures import arm_label
+from samscale.selection.select import edge_name
 from samscale.selection.trend import MIN_SEEDS, MIN_SIZES
 from samscale.spec.study import SelectionRule
 
@@ -75,3 +76,23 @@ def null_text(permutations: int, rule: SelectionRule) -> str:
             f"between {arm_label(rule, 'baseline')} and every {tuned} (whole selection redone each time; fewer for "
             "very large studies); "
             "p (permutation) is the one-sided share of shuffles with a gain at least the observed one")
+
+
+def edge_texts(summary: pd.DataFrame, rule: SelectionRule) -> dict[str, str]:
+    """Header rows for tuned values chosen at the edge of the values tried at a size: the optimum may lie beyond."""
+    rows = {}
+    for column, star in zip(rule.tune, rule.stars):
+        edge = edge_name(star)
+        if summary.empty or edge not in summary:
+            continue
+        at_edge = summary[summary[edge].isin(["largest tried", "smallest tried"])]
+        if at_edge.empty:
+            continue
+        name = axis_label(column)
+        where = []
+        for _, row in at_edge.iterrows():
+            cell = ", ".join(f"{axis_label(c)} = {row[c]}" for c in [rule.size_key, *rule.group_by])
+            where.append(f"{name}* = {row[star]:g} is the {row[edge].split()[0]} {name} tried at {cell}")
+        rows[f"{name}* at the grid edge"] = (
+            "; ".join(where) + ": the optimum may lie beyond the grid, so the tuned gain there may be understated")
+    return rows

@@ -35,6 +35,8 @@ from samscale.spec.status import UNFINISHED as _UNFINISHED
 from samscale.spec.study import ARMS, SelectionRule, star_name
 
 COMPLETE = RunStatus.COMPLETE.value
+# Values of `<star>_edge`: the chosen value is the only one tried, the largest, or the smallest (else empty).
+EDGES = ("only value tried", "largest tried", "smallest tried")
 DIVERGED = RunStatus.DIVERGED.value
 UNFINISHED = tuple(status.value for status in _UNFINISHED)
 STATUSES = tuple(status.value for status in STORED)
@@ -190,7 +192,7 @@ def summarize(selected: pd.DataFrame, rule: SelectionRule, expected_seeds: int |
     out = selected.groupby(by, dropna=False, sort=False).agg(
         n_params=("n_params", "first"), n_complete=("baseline_n_complete", "size"),
         default_in_grid=("default_in_grid", "any"),
-        **{star: (star, "first") for star in rule.stars},
+        **{star: (star, "first") for star in [*rule.stars, *map(edge_name, rule.stars)]},
     ).drop(columns="n_complete")
     counts = {s: sum(selected[f"{arm}_n_{s}"] for arm in ARMS) for s in ("complete", "diverged", "unfinished")}
     out = out.join(pd.DataFrame(counts).groupby(by, dropna=False, sort=False).sum().add_prefix("n_"))
@@ -387,7 +389,20 @@ def _stars(prep: Prepared, rule: SelectionRule) -> pd.DataFrame:
     treat = prep.arms[prep.arms["_arm"] == "treatment"]
     values = treat.drop_duplicates([*prep.cell, "_cfg"])[[*prep.cell, "_cfg", *rule.tune]]
     stars = chosen.merge(values, on=[*prep.cell, "_cfg"], how="left").drop(columns="_cfg")
+    for column in rule.tune:  # where the choice sits in the values tried at that size
+        tried = pd.to_numeric(treat[column], errors="coerce").groupby([treat[c] for c in prep.cell], dropna=False)
+        bounds = pd.DataFrame({"_low": tried.min(), "_high": tried.max(), "_n": tried.nunique()}).reset_index()
+        merged = stars.merge(bounds, on=prep.cell, how="left")
+        value = pd.to_numeric(merged[column], errors="coerce")
+        edge = np.select([merged["_n"] < 2, np.isclose(value, merged["_high"]), np.isclose(value, merged["_low"])],
+                         EDGES, default="")
+        stars[edge_name(star_name(column))] = np.where(value.notna().to_numpy(), edge, "")
     return stars.rename(columns=dict(zip(rule.tune, rule.stars)))
+
+
+def edge_name(star: str) -> str:
+    """Column saying whether a chosen value is the largest or smallest tried: `rho_star` → `rho_star_edge`."""
+    return f"{star}_edge"
 
 
 def _default_runs(prep: Prepared, rule: SelectionRule) -> pd.DataFrame:
@@ -415,7 +430,8 @@ def _gain(treatment: pd.Series, baseline: pd.Series, rule: SelectionRule) -> pd.
 def _selected_columns(rule: SelectionRule, analyses: list[str]) -> list[str]:
     per_arm = ["run_id", rule.metric, rule.select_by, "train_loss", *analyses, "n_complete", "n_diverged",
                "n_unfinished"]
-    return [*rule.group_by, rule.size_key, rule.seed_key, "n_params", *rule.stars, "gain",
+    return [*rule.group_by, rule.size_key, rule.seed_key, "n_params", *rule.stars,
+            *[edge_name(star) for star in rule.stars], "gain",
             *[f"{arm}_{name}" for arm in ARMS for name in per_arm],
             "default_in_grid", "default_run_id", f"default_{rule.metric}", "default_gain"]
 
@@ -433,5 +449,5 @@ def _summary_columns(rule: SelectionRule, analyses: list[str], with_null: bool =
                for stat in ("mean", "std")]
     null = ["null_gain_mean", "null_p_value", "null_n_seeds", "null_n_settings"] if with_null else []
     return [*rule.group_by, rule.size_key, "n_params", "n_seeds", "seeds", "gain_mean", "gain_std", "gain_ci95",
-            "gain_seeds", *rule.stars, "default_in_grid", "default_gain_mean", "default_gain_std",
+            "gain_seeds", *rule.stars, *[edge_name(star) for star in rule.stars], "default_in_grid", "default_gain_mean", "default_gain_std",
             "default_gain_ci95", *null, *per_arm, "n_complete", "n_diverged", "n_unfinished", "partial"]
