@@ -73,7 +73,7 @@ def build_study_report(workdir: str | Path, *, command: str, out: str | Path | N
         header["substitution"] = f"this run used a stand-in for {substitute}; see the data source above"
     if study.description:
         notes.insert(0, study.description.strip())
-    paper = paper_gains(study.paper) if study.paper else None
+    paper = paper_gains(study.paper, study.selection.measure.kind) if study.paper else None
     return replace_folder(Path(out) if out else report_dir(workdir), lambda folder: write_report(
         folder,
         title=f"samscale — {study.name}",
