@@ -41,6 +41,7 @@ def trend_sentence(entry: dict[str, Any], unit: str) -> str:
         interval = f"95% interval {low:+.3f} to {high:+.3f}"
     sign = "positive" if slope > 0 else "negative"
     kind = entry.get("verdict", "no_trend")
+    includes = "includes 0" if entry["slope_ci95"] is not None else "cannot be computed"
     verdict = {
         "grows": "the gain grows with size: the slope's 95% interval excludes 0 and the rank correlation is "
                  "significant",
@@ -48,8 +49,8 @@ def trend_sentence(entry: dict[str, Any], unit: str) -> str:
                    "significant",
         "slope_only": f"the fitted slope is {sign} (its 95% interval excludes 0), but the rank correlation is not "
                       "significant, so a steady rise or fall with size is not shown",
-        "ranks_only": "the rank correlation is significant but the slope's 95% interval includes 0",
-        "no_trend": "no trend shown: the slope's 95% interval includes 0 and the rank correlation is not "
+        "ranks_only": f"the rank correlation is significant but the slope's 95% interval {includes}",
+        "no_trend": f"no trend shown: the slope's 95% interval {includes} and the rank correlation is not "
                     "significant",
     }[kind]
     note = f" Note: {entry['note']}." if entry.get("note") else ""
