@@ -52,6 +52,17 @@ def test_unworkable_selection_is_refused_before_anything_is_written(tmp_path, ca
     assert not out.exists()
 
 
+def test_a_plain_sweep_without_a_selection_rule_is_not_checked(tmp_path):
+    path = tmp_path / "plain.yaml"
+    path.write_text(textwrap.dedent(STUDY).split("arms:")[0].replace("grid: {", "grid: {optim.name: [adam, sgd], "))
+    path.write_text(path.read_text().replace("optim.name: [adam, sgd], ", "optim.base: [adam, adamw], "))
+    check_study(load_study(path))  # SGD runs only, default rule (SGD vs SAM): nothing to compare, nothing refused
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text(path.read_text() + "selection: {baseline: {optim.base: adam}, treatment: {optim.base: sgd}}\n")
+    with pytest.raises(ConfigError, match=r"selection.treatment \{'optim.base': 'sgd'\} matches no run"):
+        check_study(load_study(explicit))
+
+
 def test_the_error_lists_what_the_arms_have(tmp_path):
     study = load_study(study_file(tmp_path, "{baseline: {optim.name: usam}}"))
     with pytest.raises(ConfigError, match=r"the arms have optim.name ∈ \{sam, sgd\}"):

@@ -2,7 +2,8 @@
 
 A rule that cannot select anything is found out here, at `sweep` or `reproduce` time, not after hours of training:
 - the baseline and the treatment filters each match at least one run of the study's arms, and no run matches both
-  (a baseline matching nothing would train every run and then report nothing);
+  (a baseline matching nothing would train every run and then report nothing). A plain sweep, one that writes no
+  selection rule and lacks SGD or SAM runs, compares nothing and is not checked;
 - every tuned field is a grid axis of a treatment arm (else there is nothing to choose between);
 - every `default` value is a number (an untuned ρ such as 0.05; a string would fail the report after the sweep).
 """
@@ -15,7 +16,7 @@ import pandas as pd
 from samscale.errors import ConfigError
 from samscale.selection.select import matches
 from samscale.spec.run import RunSpec
-from samscale.spec.study import Study
+from samscale.spec.study import SelectionRule, Study
 
 
 def check_study(study: Study, specs: list[RunSpec] | None = None) -> None:
@@ -28,13 +29,14 @@ def check_study(study: Study, specs: list[RunSpec] | None = None) -> None:
     specs = study.expand() if specs is None else specs
     flats = pd.DataFrame([{**spec.flat(), "run_id": spec.run_id} for spec in specs])
     arms = [(arm, flats[_mask(flats, arm.set)]) for arm in study.arms]  # an arm's runs carry its `set` values
-    masks = {}
+    masks = {name: {arm.name: set(runs.loc[_mask(runs, filters), "run_id"]) for arm, runs in arms}
+             for name, filters in (("baseline", rule.baseline), ("treatment", rule.treatment))}
+    if rule == SelectionRule() and not all(any(hits.values()) for hits in masks.values()):
+        return  # a plain sweep: no selection rule written and not both SGD and SAM runs, nothing is compared
     for name, filters in (("baseline", rule.baseline), ("treatment", rule.treatment)):
-        hits = [(arm, runs[_mask(runs, filters)]) for arm, runs in arms]
-        if not any(len(runs) for _, runs in hits):
+        if not any(masks[name].values()):
             raise ConfigError(f"selection.{name} {filters} matches no run of the study's arms; the arms have "
                               f"{_values(arms, list(filters))}")
-        masks[name] = {arm.name: set(runs["run_id"]) for arm, runs in hits}
     both = set().union(*masks["baseline"].values()) & set().union(*masks["treatment"].values())
     if both:
         raise ConfigError(f"selection.baseline {rule.baseline} and selection.treatment {rule.treatment} both match "
