@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from samscale.report.trend_text import trend_sentence
 from samscale.selection.select import SelectionRule
 from samscale.selection.stats import t_quantile_975, t_quantile_975_real
 from samscale.selection.trend import (
