@@ -75,8 +75,20 @@ def test_paper_values_match_the_spec():
     assert list(imagenet["size"]) == [16, 32, 48, 56, 64]
     assert list(imagenet["gain"]) == [0.03, 0.035, 0.175, 0.355, 0.54]
     synthetic = paper_gains("synthetic")
-    assert list(synthetic["n_params"]) == [1e4, 1e5] and list(synthetic["gain"]) == [0.026, 0.083]
-    assert set(synthetic["unit"]) == {"loss"}
+    assert list(synthetic["n_params"]) == pytest.approx([k * 1e4 for k in range(1, 11)])
+    assert list(synthetic["gain"]) == [0.026, 0.029, 0.035, 0.047, 0.056, 0.062, 0.063, 0.074, 0.080, 0.083]
+    assert set(synthetic["unit"]) == {"loss"} and synthetic["size"].isna().all()
+    # the v2+ panels, by parameter count, with the bands read off the figure
+    pos = paper_gains("pos-transformer")
+    assert list(pos["n_params"]) == pytest.approx([5.5e6, 13.5e6, 23.7e6, 36.3e6, 51.3e6])
+    assert list(zip(pos["gain"], pos["gain_low"], pos["gain_high"]))[0] == (-0.10, -0.38, 0.18)
+    sst2 = paper_gains("sst2-lstm")
+    assert list(sst2["gain"]) == [0.23, 0.27, 0.50, 1.22, 1.00, 1.15] and list(sst2["gain_high"])[-1] == 1.41
+    gcn = paper_gains("graph-gcn", "ap")
+    assert list(gcn["n_params"]) == pytest.approx([0.2e6, 0.7e6, 2.7e6]) and list(gcn["gain"]) == [-0.12, 0.235, 0.47]
+    assert paper_gains("graph-gcn", "acc") is None  # AP values are never shown beside accuracy gains
+    atari = paper_gains("atari-dqn", "return")
+    assert list(atari["gain"]) == [28, 17, 163, 122] and list(atari["gain_low"]) == [8, -22, 98, 10]
     assert paper_gains("label-noise") is None
 
 
@@ -140,8 +152,10 @@ def test_html_is_self_contained_with_figures_and_table_numbers(report):
     assert "![Gain vs number of parameters](figures/gain_vs_params.png)" in markdown
     # headers in words; accuracies in %, gains in pp, each column at one precision
     assert ("| label noise | size | parameters | seeds | SGD test acc. (%) | SAM test acc. (%) | SAM − SGD (pp) | "
-            "95% CI ± (pp) | ρ* | untuned ρ = 0.05 (pp) |") in markdown
-    assert "| 0 | 4 | 12,000 | 2 | 80.00 | 82.25 | 2.250 | 3.177 | 0.05 | 2.250 |" in markdown
+            "95% CI ± (pp) | ρ* | ρ* at grid edge | untuned ρ = 0.05 (pp) |") in markdown
+    assert "| 0 | 4 | 12,000 | 2 | 80.00 | 82.25 | 2.250 | 3.177 | 0.05 | smallest tried | 2.250 |" in markdown
+    assert ("ρ* = 0.05 is the smallest ρ tried at size = 1, label noise = 0.0; " in markdown
+            and "the optimum may lie beyond the grid" in markdown)
     assert "baseline_test_acc_mean" not in markdown and "gain_mean" not in markdown
     assert "<th>SAM − SGD (pp)</th>" in text and "<th>SGD test acc. (%)</th>" in text
 
@@ -195,9 +209,9 @@ def test_paper_values_without_a_size_are_placed_at_their_parameter_count():
     rule = SelectionRule(select_by="val_loss", metric="test_loss")
     ours = pd.DataFrame({"model.size": [8, 64], "n_params": [10_000, 80_000], "gain_mean": [0.01, 0.05]})
     table = with_paper(ours, paper_gains("synthetic"), rule)
-    assert table["n_params"].tolist() == [10_000, 80_000, 10_000, 100_000]
-    assert table["paper_gain"].isna().tolist() == [True, True, False, False]  # NaN sizes never match ours
-    assert table["paper_gain"].tolist()[2:] == [0.026, 0.083]
+    assert table["n_params"].tolist() == pytest.approx([10_000, 80_000, *[k * 10_000 for k in range(1, 11)]])
+    assert table["paper_gain"].isna().tolist() == [True, True] + [False] * 10  # NaN sizes never match ours
+    assert table["paper_gain"].tolist()[2:4] == [0.026, 0.029]
     assert gain_label(rule) == "SGD − SAM test loss"
 
 
@@ -228,7 +242,10 @@ def test_three_sizes_give_a_trend_sentence_with_the_slope(tmp_path):
     assert entry["slope_per_decade"] == pytest.approx(0.2) and entry["p_value"] == pytest.approx(1 / 3)
     low, high = entry["slope_ci95"]
     assert low <= 0.2 <= high and high - low < 0.05  # seeds differ by 0.01–0.02 pp only
-    assert "the slope is positive" in page.read_text() and "+0.200 pp per tenfold" in page.read_text()
+    text = page.read_text()
+    assert "the fitted slope is positive (its 95% interval excludes 0)" in text and "+0.200 pp per tenfold" in text
+    assert "with 3 sizes the rank test cannot reach p &lt; 0.05" in text and "grows with size" not in text
+    assert entry["verdict"] == "slope_only" and not entry["enough"]
 
 
 def test_default_rho_outside_the_grid_is_said_and_left_empty():

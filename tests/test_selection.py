@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -437,3 +438,82 @@ def test_size_can_be_counted_in_non_zero_parameters():
     assert rho_table(runs, nonzero_rule)["n_params"].tolist()[0] == 100
     with pytest.raises(ConfigError, match="params"):
         SelectionRule.parse({"params": "weights"})
+
+
+def _other_value(value):
+    """A value different from `value` of the same kind (the frame is hand-built: it need not be a valid spec)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "-other"
+    if isinstance(value, (list, tuple)):
+        return [*value, 0.5]
+    if isinstance(value, dict):
+        return {**value, "extra": 1}
+    return "set"  # None
+
+
+def _spec_row(flat: dict, **changes) -> dict:
+    row = run(changes.pop("optim.name"), 1, changes.pop("train.seed"), rho=changes.pop("optim.rho", 0.0),
+              val=changes.pop("val"), test=0.9)
+    return {**flat, **row, **changes}
+
+
+def test_runs_differing_in_any_runspec_field_are_never_averaged_as_one_setting():
+    """Every field of RunSpec, read from the model itself (any section, present or future), checked one by one:
+    two runs that differ only in it are refused with its name, or (baseline) kept as two settings chosen on
+    validation; never averaged or picked by run-id order. Fields exempt from the check never enter the run id, so two
+    runs differing only in them are the same run."""
+    from samscale.selection.select import NUMBERLESS
+    from samscale.spec.run import RunSpec, build_spec
+
+    flat = RunSpec().flat()
+    declared = {RULE.size_key, RULE.seed_key, *RULE.tune, *RULE.baseline, *RULE.treatment}
+    checked = [field for field in flat if field not in declared and field not in NUMBERLESS]
+    assert {"rl.buffer_size", "runtime.nproc", "data.options", "model.options", "optim.lr"} <= set(checked)
+    for field in checked:
+        other = _other_value(flat[field])
+        base = {"optim.name": "sgd", "train.seed": 0, "val": 0.90}
+        sam = {"optim.name": "sam", "optim.rho": 0.05, "train.seed": 0, "val": 0.91}
+        # two SAM runs at one ρ and seed, differing only in `field`
+        runs = frame(_spec_row(flat, **base), _spec_row(flat, **sam),
+                     _spec_row(flat, **{**sam, "val": 0.95}, **{field: other}) | {"run_id": "sam-0-other"})
+        with pytest.raises(ConfigError, match=re.escape(repr(field))):
+            select(runs, RULE)
+        # the same ρ on two seeds, differing only in `field`: not one setting either
+        runs = frame(_spec_row(flat, **base), _spec_row(flat, **{**base, "train.seed": 1}), _spec_row(flat, **sam),
+                     _spec_row(flat, **{**sam, "train.seed": 1}, **{field: other}) | {"run_id": "sam-1-other"})
+        with pytest.raises(ConfigError, match=re.escape(repr(field))):
+            select(runs, RULE)
+        # two baseline runs at one seed differing only in `field`: two settings, the better on validation chosen
+        runs = frame(_spec_row(flat, **base) | {"run_id": "b-z"},
+                     _spec_row(flat, **{**base, "val": 0.95}, **{field: other}) | {"run_id": "a-better"},
+                     _spec_row(flat, **sam))
+        assert select(runs, RULE).iloc[0]["baseline_run_id"] == "a-better", field
+    for field in NUMBERLESS:  # exempt: the run id ignores them
+        spec = build_spec({})
+        value = {"name": "x", "runtime.device": "cpu", "runtime.threads": 3, "runtime.keep_optimizer_state": True,
+                 "analysis.what": ["lambda_max"], "analysis.n_examples": 7, "analysis.top_k": 2}[field]
+        section, _, leaf = field.rpartition(".")
+        changed = build_spec({section: {leaf: value}} if section else {leaf: value})
+        assert changed.flat()[field] != spec.flat()[field] and changed.run_id == spec.run_id, field
+
+
+def test_rho_star_at_the_edge_of_the_values_tried_is_flagged():
+    rows = [run("sgd", k, 0, val=0.9, test=0.9) for k in (1, 2, 3, 4)]
+    best = {1: 0.5, 2: 0.01, 3: 0.1}
+    for k, chosen in best.items():
+        rows += [run("sam", k, 0, rho=r, val=0.95 if r == chosen else 0.91, test=0.92) for r in (0.01, 0.1, 0.5)]
+    rows += [run("sam", 4, 0, rho=0.1, val=0.95, test=0.92)]
+    selected = select(frame(*rows), RULE)
+    assert selected["rho_star"].tolist() == [0.5, 0.01, 0.1, 0.1]
+    assert selected["rho_star_edge"].tolist() == ["largest tried", "smallest tried", "", "only value tried"]
+    summary = summarize(selected, RULE)
+    assert summary["rho_star_edge"].tolist() == ["largest tried", "smallest tried", "", "only value tried"]
+    from samscale.report.trend_text import edge_texts
+
+    assert edge_texts(summary, RULE) == {"ρ* at the grid edge": (
+        "ρ* = 0.5 is the largest ρ tried at size = 1; ρ* = 0.01 is the smallest ρ tried at size = 2: the "
+        "optimum may lie beyond the grid, so the tuned gain there may be understated")}

@@ -94,14 +94,24 @@ def _train_other_rank(spec, args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    """Print the table of runs in a work directory's store."""
+    """Print the table of runs in a work directory's store; in a study's folder, only the runs of its current grid."""
     import pandas as pd
+
+    from samscale.selection.scope import study_runs
+    from samscale.spec.study import load_study
+    from samscale.workdir import study_path
 
     _check_study_option(args.study)
     store = _store(args.workdir)
     if args.study and args.study not in (studies := store.studies()):
         raise ConfigError(f"no study {args.study!r} in {store.path}; studies there: {', '.join(studies) or 'none'}")
-    frame = store.runs_frame(args.study)
+    study = load_study(study_path(args.workdir), check_runs=False) if study_path(args.workdir).is_file() else None
+    if study is not None and args.study in (None, study.name):
+        scoped = study_runs(store.runs_frame(study.name), study, store_total=len(store.statuses()))
+        frame = scoped.frame
+        print(f"study {study.name!r}: {len(frame)} runs; {scoped.header()}")
+    else:
+        frame = store.runs_frame(args.study)
     if frame.empty:
         print("no runs")
         return 0
@@ -207,12 +217,15 @@ def _progress(todo, done: int, total: int):
 
 def run_sweep(study, workdir: Path, args: argparse.Namespace) -> int:
     """Sweep a study with the executor chosen on the command line, showing progress with an ETA."""
+    from samscale.selection.study_checks import check_study
     from samscale.sweep.executors import make_executor
     from samscale.sweep.sweep import plan, sweep
 
     _check_executor_options(args)
     other_versions = "rerun" if args.rerun_other_versions else "reuse" if args.reuse_other_versions else "refuse"
-    _check_models(study.expand())  # every run is valid and buildable before the store is opened or created
+    specs = study.expand()
+    check_study(study, specs)  # the selection rule fits the runs: checked before anything is written
+    _check_models(specs)  # every run is valid and buildable before the store is opened or created
     executor = make_executor(args.executor, workers=args.workers, threads=args.threads, address=args.address,
                              gpus_per_run=args.gpus_per_run, runs_per_gpu=args.runs_per_gpu)
     store, todo, decision = plan(study, workdir, other_versions, check_here=getattr(executor, "runs_here", True))

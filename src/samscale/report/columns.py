@@ -64,6 +64,7 @@ def column_specs(rule: SelectionRule) -> dict[str, Column]:
     })
     for star, column in zip(rule.stars, rule.tune):
         specs[star] = Column(f"{axis_label(column)}*")
+        specs[f"{star}_edge"] = Column(f"{axis_label(column)}* at grid edge")
     specs[f"{rule.select_by}_mean"] = Column(f"{treat} {score.label(short=True)}, seed mean", _digits(score))
     specs[f"{rule.select_by}_std"] = Column("std", _digits(score))
     for arm in ARMS:

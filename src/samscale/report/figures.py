@@ -234,7 +234,7 @@ def with_paper(table: pd.DataFrame, paper: pd.DataFrame | None, rule: SelectionR
         return table.reset_index(drop=True)
     theirs = paper.rename(columns={"gain": "paper_gain", "gain_low": "paper_low", "gain_high": "paper_high",
                                    "note": "paper_note", "n_params": "paper_n_params", "size": rule.size_key})
-    theirs = theirs.drop(columns=["unit"], errors="ignore")
+    theirs = theirs.drop(columns=["unit", "kind"], errors="ignore")
     theirs["_key"] = [_size_key(v, f"paper-{i}") for i, v in enumerate(theirs[rule.size_key])]
     ours = table.assign(_key=[_size_key(v, f"ours-{i}") for i, v in enumerate(table[rule.size_key])])
     merged = ours.merge(theirs.drop(columns=[rule.size_key]), on="_key", how="left")

@@ -18,10 +18,11 @@ from samscale.fileio import write_csv, write_text
 from samscale.report.columns import readable
 from samscale.report.figures import Plot, build_plots, epoch_label, save_plot, with_paper
 from samscale.report.tables import html_table, markdown_table
-from samscale.report.trend_text import default_text, null_text, trend_sentences
+from samscale.report.trend_text import default_text, edge_texts, null_text, trend_sentences
 from samscale.selection.null import PERMUTATIONS, selection_null
 from samscale.selection.select import (
-    ARMS, COMPLETE, DIVERGED, STATUSES, UNFINISHED, SelectionRule, prepare, rho_table, selected_frame, summarize,
+    ARMS, COMPLETE, DIVERGED, STATUSES, UNFINISHED, SelectionRule, edge_name, prepare, rho_table, selected_frame,
+    summarize,
 )
 from samscale.selection.trend import trend_table
 from samscale.spec.metric import KINDS
@@ -98,7 +99,7 @@ def write_report(
     figures = [_Figure(plot, *save_plot(plot, out / FIGURE_DIR)) for plot in plots]
     header = {**header, "runs": progress_line(frame), "selection": _selection_text(rule, expected_seeds),
               "untuned default": default_text(rule, summary), "no-effect null": null_text(PERMUTATIONS, rule),
-              **trend_sentences(trend, rule)}
+              **trend_sentences(trend, rule), **edge_texts(summary, rule)}
     message = None if figures else (NO_PAIRS if has_complete else NO_RUNS)
     results = readable(_results(summary, rule, paper), rule) if len(summary) else pd.DataFrame()
     context = dict(title=title, header=header, notes=list(notes), figures=figures, message=message,
@@ -112,6 +113,7 @@ def _results(summary: pd.DataFrame, rule: SelectionRule, paper: pd.DataFrame | N
     default's gain, the no-effect expectation, and the paper's value."""
     columns = [*rule.group_by, rule.size_key, "n_params", "n_seeds",
                *[f"{arm}_{rule.metric}_mean" for arm in ARMS], "gain_mean", "gain_ci95", *rule.stars,
+               *[edge_name(star) for star in rule.stars],
                *(["default_gain_mean"] if rule.default else []), "null_gain_mean", "null_p_value", "partial"]
     table = with_paper(summary[[c for c in columns if c in summary]], paper, rule)
     return table.drop(columns=[c for c in ("paper_low", "paper_high", "paper_note") if c in table])

@@ -12,6 +12,7 @@ from typing import Callable
 from samscale.errors import ConfigError
 from samscale.report.paper_values import paper_gains
 from samscale.report.render import write_report
+from samscale.selection.scope import study_runs
 from samscale.workdir import report_dir, store_path, study_path
 from samscale.store import RunStore
 from samscale.spec.study import SelectionRule, load_study
@@ -67,14 +68,16 @@ def build_study_report(workdir: str | Path, *, command: str, out: str | Path | N
     workdir = Path(workdir)
     if not study_path(workdir).is_file():
         raise ConfigError(f"{workdir} is not a study work directory (no study.yaml); run `samscale sweep` first")
-    study = load_study(study_path(workdir), check_runs=False)  # validated when it was swept
+    study = load_study(study_path(workdir), check_runs=False)  # validated when it was swept; expanded below
     overrides = {key: value for key, value in (("epoch", epoch), ("params", params)) if value is not None}
     if overrides:
         study = study.model_copy(update={"selection": SelectionRule.parse({**study.selection.model_dump(),
                                                                            **overrides})})
     if not store_path(workdir).is_file():
         raise ConfigError(f"{workdir} has no run store ({store_path(workdir)}); run `samscale sweep` first")
-    frame = RunStore(store_path(workdir)).runs_frame(study.name)
+    store = RunStore(store_path(workdir))
+    scoped = study_runs(store.runs_frame(study.name), study, store_total=len(store.statuses()))
+    frame = scoped.frame
     source, substitute = _provenance(frame)
     header = {
         "command": command,
@@ -84,13 +87,14 @@ def build_study_report(workdir: str | Path, *, command: str, out: str | Path | N
         "code version": _code_versions(frame),
         "computed on": _compute(frame),
         "generated": dt.datetime.now().isoformat(timespec="seconds"),
+        "left out": scoped.header(),
     }
     notes = list(study.notes)
     if substitute:
         header["substitution"] = f"this run used a stand-in for {substitute}; see the data source above"
     if study.description:
         notes.insert(0, study.description.strip())
-    paper = paper_gains(study.paper) if study.paper else None
+    paper = paper_gains(study.paper, study.selection.measure.kind) if study.paper else None
     return replace_folder(Path(out) if out else report_dir(workdir), lambda folder: write_report(
         folder,
         title=f"samscale — {study.name}",

@@ -7,6 +7,7 @@ import pandas as pd
 
 from samscale.report.columns import axis_label
 from samscale.report.figures import arm_label
+from samscale.selection.select import edge_name
 from samscale.selection.trend import MIN_SEEDS, MIN_SIZES
 from samscale.spec.study import SelectionRule
 
@@ -23,27 +24,38 @@ def trend_sentences(trend: dict[str, Any], rule: SelectionRule) -> dict[str, str
 
 
 def trend_sentence(entry: dict[str, Any], unit: str) -> str:
-    """What one trend entry says, in words."""
+    """What one trend entry says, in words: only what its calibrated numbers (the slope's Welch–Satterthwaite
+    interval, the exact rank test) support, and why not more."""
     sizes, seeds = entry["n_sizes"], entry["n_seeds"]
-    if not entry.get("enough"):
+    if entry.get("slope_per_decade") is None:
         return (f"{TOO_FEW} ({sizes} size{'s' * (sizes != 1)} with results, {seeds} seed{'s' * (seeds != 1)} at "
                 f"the thinnest; needs ≥ {MIN_SIZES} sizes and ≥ {MIN_SEEDS} seeds per size).")
-    spearman, p_value = entry["spearman"], entry["p_value"]
-    slope, (low, high) = entry["slope_per_decade"], entry["slope_ci95"]
+    spearman, p_value, slope = entry["spearman"], entry["p_value"], entry["slope_per_decade"]
     correlation = ("Spearman correlation undefined (constant gains)" if spearman is None else
-                   f"Spearman correlation of the gain with #parameters {spearman:+.2f} (permutation p = "
+                   f"Spearman correlation of the gain with #parameters {spearman:+.2f} (exact permutation p = "
                    f"{p_value:.3f})")
-    direction = "positive" if low > 0 else "negative" if high < 0 else None
-    significant = p_value is not None and p_value < 0.05
-    if direction and significant:
-        verdict = f"the gain {'grows' if direction == 'positive' else 'shrinks'} with size"
-    elif direction:
-        verdict = (f"the slope is {direction} (its interval excludes 0) but the rank correlation over {sizes} sizes "
-                   "is not significant")
+    if entry["slope_ci95"] is None:
+        interval = "no interval"
     else:
-        verdict = "no clear trend (the slope's interval includes 0)"
-    return (f"{verdict}: {correlation} over {sizes} sizes; slope {slope:+.3f} {unit} per tenfold more parameters "
-            f"(95% bootstrap interval {low:+.3f} to {high:+.3f}; ≥ {seeds} seeds per size).")
+        low, high = entry["slope_ci95"]
+        interval = f"95% interval {low:+.3f} to {high:+.3f}"
+    sign = "positive" if slope > 0 else "negative"
+    kind = entry.get("verdict", "no_trend")
+    includes = "includes 0" if entry["slope_ci95"] is not None else "cannot be computed"
+    verdict = {
+        "grows": "the gain grows with size: the slope's 95% interval excludes 0 and the rank correlation is "
+                 "significant",
+        "shrinks": "the gain shrinks with size: the slope's 95% interval excludes 0 and the rank correlation is "
+                   "significant",
+        "slope_only": f"the fitted slope is {sign} (its 95% interval excludes 0), but the rank correlation is not "
+                      "significant, so a steady rise or fall with size is not shown",
+        "ranks_only": f"the rank correlation is significant but the slope's 95% interval {includes}",
+        "no_trend": f"no trend shown: the slope's 95% interval {includes} and the rank correlation is not "
+                    "significant",
+    }[kind]
+    note = f" Note: {entry['note']}." if entry.get("note") else ""
+    return (f"{verdict}. {correlation} over {sizes} sizes; slope {slope:+.3f} {unit} per tenfold more parameters "
+            f"({interval}; Welch–Satterthwaite over ≥ {seeds} seeds per size).{note}")
 
 
 def default_text(rule: SelectionRule, summary: pd.DataFrame) -> str:
@@ -65,3 +77,23 @@ def null_text(permutations: int, rule: SelectionRule) -> str:
             f"between {arm_label(rule, 'baseline')} and every {tuned} (whole selection redone each time; fewer for "
             "very large studies); "
             "p (permutation) is the one-sided share of shuffles with a gain at least the observed one")
+
+
+def edge_texts(summary: pd.DataFrame, rule: SelectionRule) -> dict[str, str]:
+    """Header rows for tuned values chosen at the edge of the values tried at a size: the optimum may lie beyond."""
+    rows = {}
+    for column, star in zip(rule.tune, rule.stars):
+        edge = edge_name(star)
+        if summary.empty or edge not in summary:
+            continue
+        at_edge = summary[summary[edge].isin(["largest tried", "smallest tried"])]
+        if at_edge.empty:
+            continue
+        name = axis_label(column)
+        where = []
+        for _, row in at_edge.iterrows():
+            cell = ", ".join(f"{axis_label(c)} = {row[c]}" for c in [rule.size_key, *rule.group_by])
+            where.append(f"{name}* = {row[star]:g} is the {row[edge].split()[0]} {name} tried at {cell}")
+        rows[f"{name}* at the grid edge"] = (
+            "; ".join(where) + ": the optimum may lie beyond the grid, so the tuned gain there may be understated")
+    return rows

@@ -30,18 +30,25 @@ import pandas as pd
 from samscale.errors import ConfigError
 from samscale.names import check_name
 from samscale.selection.stats import grouped_stats, t_quantile_975
+from samscale.spec.run import RunSpec
 from samscale.spec.status import STORED, RunStatus
 from samscale.spec.status import UNFINISHED as _UNFINISHED
 from samscale.spec.study import ARMS, SelectionRule, star_name
 
 COMPLETE = RunStatus.COMPLETE.value
+# Values of `<star>_edge`: the chosen value is the only one tried, the largest, or the smallest (else empty).
+EDGES = ("only value tried", "largest tried", "smallest tried")
 DIVERGED = RunStatus.DIVERGED.value
 UNFINISHED = tuple(status.value for status in _UNFINISHED)
 STATUSES = tuple(status.value for status in STORED)
 
-# Identity sections of a RunSpec (spec/run.py): a column from one of these that varies between the treatment runs
-# of one cell changes the numbers, so it has to be tuned or kept apart on purpose.
-_HYPERPARAMETER_SECTIONS = ("data.", "model.", "optim.", "schedule.", "train.", "sparsity.")
+# Every field of a RunSpec (dotted; sections added later are included automatically). Two runs are one setting only
+# if they differ solely in the rule's declared axes; any other field that differs is tuned, grouped or refused.
+SPEC_FIELDS = frozenset(RunSpec().flat())
+# Fields that never enter a run's id (spec/run.py): two runs differing only in them are one run, so they neither
+# make settings nor need to agree between the seeds of a setting.
+NUMBERLESS = frozenset({"name", "runtime.device", "runtime.threads", "runtime.keep_optimizer_state",
+                        "analysis.what", "analysis.n_examples", "analysis.top_k"})
 # AnalysisSpec fields share the `analysis.` prefix with analysis results but are settings, not measurements.
 _ANALYSIS_SETTINGS = frozenset({"analysis.what", "analysis.n_examples", "analysis.top_k"})
 
@@ -189,7 +196,7 @@ def summarize(selected: pd.DataFrame, rule: SelectionRule, expected_seeds: int |
     out = selected.groupby(by, dropna=False, sort=False).agg(
         n_params=("n_params", "first"), n_complete=("baseline_n_complete", "size"),
         default_in_grid=("default_in_grid", "any"),
-        **{star: (star, "first") for star in rule.stars},
+        **{star: (star, "first") for star in [*rule.stars, *map(edge_name, rule.stars)]},
     ).drop(columns="n_complete")
     counts = {s: sum(selected[f"{arm}_n_{s}"] for arm in ARMS) for s in ("complete", "diverged", "unfinished")}
     out = out.join(pd.DataFrame(counts).groupby(by, dropna=False, sort=False).sum().add_prefix("n_"))
@@ -302,21 +309,22 @@ def _codes(column: pd.Series) -> np.ndarray:
 
 
 def _settings(arms: pd.DataFrame, rule: SelectionRule, keys: list[str]) -> np.ndarray:
-    """Each run's setting within its arm: the treatment's tuned values; the baseline's varying hyperparameters.
+    """Each run's setting within its arm: the treatment's tuned values; the baseline's varying fields.
 
-    Refuses treatment runs of one (group…, size, seed) cell that differ in a hyperparameter the rule neither tunes
-    nor groups by (choosing between them would silently tune it).
+    Refuses treatment runs of one (group…, size, seed) cell that differ in a field the rule neither tunes nor groups
+    by (choosing between them would silently tune it), and runs of one setting that differ in any field other than
+    the seed (averaging them would merge two settings): every RunSpec field counts, in any section.
     """
     fixed = [c for c, v in rule.treatment.items() if not isinstance(v, (list, tuple, set))]
-    candidates = [c for c in arms.columns if c.startswith(_HYPERPARAMETER_SECTIONS) and c not in {*keys, *fixed}]
-    codes = pd.DataFrame({c: _codes(arms[c]) for c in dict.fromkeys([*candidates, *rule.tune])}, index=arms.index)
+    fields = [c for c in arms.columns if c in SPEC_FIELDS and c not in NUMBERLESS and c not in {*keys, *fixed}]
+    codes = pd.DataFrame({c: _codes(arms[c]) for c in dict.fromkeys([*fields, *rule.tune])}, index=arms.index)
     setting = np.zeros(len(arms), dtype=np.int64)
     for arm in ARMS:
         rows = (arms["_arm"] == arm).to_numpy()
         if not rows.any():
             continue
         within = codes[rows].groupby([arms.loc[rows, k] for k in keys], dropna=False, sort=False).nunique()
-        varying = [c for c in candidates if (within[c] > 1).any()]
+        varying = [c for c in fields if (within[c] > 1).any()]
         if arm == "treatment":
             if untuned := [c for c in varying if c not in rule.tune]:
                 where = within.index[(within[untuned] > 1).any(axis=1)][0]
@@ -328,7 +336,28 @@ def _settings(arms: pd.DataFrame, rule: SelectionRule, keys: list[str]) -> np.nd
             varying = list(rule.tune)
         if varying:
             setting[rows] = codes.loc[rows, varying].groupby(varying, sort=True).ngroup().to_numpy()
+        _refuse_merged(arms[rows], codes[rows], setting[rows], keys[:-1], [c for c in fields if c not in varying],
+                       arm, rule)
     return setting
+
+
+def _refuse_merged(runs: pd.DataFrame, codes: pd.DataFrame, setting: np.ndarray, cell: list[str],
+                   fields: list[str], arm: str, rule: SelectionRule) -> None:
+    """Refuse runs of one (group…, size) setting of an arm that differ in a field other than the seed."""
+    if not fields:
+        return
+    spread = codes[fields].groupby([*(runs[c] for c in cell), pd.Series(setting, index=runs.index)],
+                                   dropna=False, sort=False).nunique()
+    if not (differing := [c for c in fields if (spread[c] > 1).any()]):
+        return
+    where = spread.index[(spread[differing] > 1).any(axis=1)][0][:-1]
+    where = dict(zip(cell, where))
+    raise ConfigError(
+        f"{arm} runs at {where} that selection would average as one setting differ in {differing}, not only in "
+        f"{rule.seed_key}; keep them apart with group_by (group_by={rule.group_by})"
+        + (f" or tune them (tune={rule.tune})" if arm == "treatment" else "")
+        + ", or sweep them in separate studies"
+    )
 
 
 def _setting_means(arms: pd.DataFrame, rule: SelectionRule, cell: list[str]) -> pd.DataFrame:
@@ -364,7 +393,20 @@ def _stars(prep: Prepared, rule: SelectionRule) -> pd.DataFrame:
     treat = prep.arms[prep.arms["_arm"] == "treatment"]
     values = treat.drop_duplicates([*prep.cell, "_cfg"])[[*prep.cell, "_cfg", *rule.tune]]
     stars = chosen.merge(values, on=[*prep.cell, "_cfg"], how="left").drop(columns="_cfg")
+    for column in rule.tune:  # where the choice sits in the values tried at that size
+        tried = pd.to_numeric(treat[column], errors="coerce").groupby([treat[c] for c in prep.cell], dropna=False)
+        bounds = pd.DataFrame({"_low": tried.min(), "_high": tried.max(), "_n": tried.nunique()}).reset_index()
+        merged = stars.merge(bounds, on=prep.cell, how="left")
+        value = pd.to_numeric(merged[column], errors="coerce")
+        edge = np.select([merged["_n"] < 2, np.isclose(value, merged["_high"]), np.isclose(value, merged["_low"])],
+                         EDGES, default="")
+        stars[edge_name(star_name(column))] = np.where(value.notna().to_numpy(), edge, "")
     return stars.rename(columns=dict(zip(rule.tune, rule.stars)))
+
+
+def edge_name(star: str) -> str:
+    """Column saying whether a chosen value is the largest or smallest tried: `rho_star` → `rho_star_edge`."""
+    return f"{star}_edge"
 
 
 def _default_runs(prep: Prepared, rule: SelectionRule) -> pd.DataFrame:
@@ -392,7 +434,8 @@ def _gain(treatment: pd.Series, baseline: pd.Series, rule: SelectionRule) -> pd.
 def _selected_columns(rule: SelectionRule, analyses: list[str]) -> list[str]:
     per_arm = ["run_id", rule.metric, rule.select_by, "train_loss", *analyses, "n_complete", "n_diverged",
                "n_unfinished"]
-    return [*rule.group_by, rule.size_key, rule.seed_key, "n_params", *rule.stars, "gain",
+    return [*rule.group_by, rule.size_key, rule.seed_key, "n_params", *rule.stars,
+            *[edge_name(star) for star in rule.stars], "gain",
             *[f"{arm}_{name}" for arm in ARMS for name in per_arm],
             "default_in_grid", "default_run_id", f"default_{rule.metric}", "default_gain"]
 
@@ -410,5 +453,5 @@ def _summary_columns(rule: SelectionRule, analyses: list[str], with_null: bool =
                for stat in ("mean", "std")]
     null = ["null_gain_mean", "null_p_value", "null_n_seeds", "null_n_settings"] if with_null else []
     return [*rule.group_by, rule.size_key, "n_params", "n_seeds", "seeds", "gain_mean", "gain_std", "gain_ci95",
-            "gain_seeds", *rule.stars, "default_in_grid", "default_gain_mean", "default_gain_std",
+            "gain_seeds", *rule.stars, *[edge_name(star) for star in rule.stars], "default_in_grid", "default_gain_mean", "default_gain_std",
             "default_gain_ci95", *null, *per_arm, "n_complete", "n_diverged", "n_unfinished", "partial"]

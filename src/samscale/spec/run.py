@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from samscale.errors import ConfigError, format_validation_error
 from samscale.spec.catalog import ANALYSIS_NAMES, DATASET_NAMES, FAMILY_NAMES
+from samscale.spec.yaml_numbers import safe_load
 
 OPTIMIZERS = ("sgd", "sam", "usam", "asam")
 BASE_OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -495,7 +496,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key=value (e.g. optim.rho=0.1)")
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), safe_load(raw)
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
 
@@ -525,7 +526,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        content = yaml.safe_load(path.read_text()) or {}
+        content = safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
     except (UnicodeDecodeError, OSError) as err:
