@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import resource
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -23,6 +24,9 @@ from samscale.data import Dataset, ImageFolderSplit, Split, load_dataset, make_l
 from samscale.data.text import IGNORE_LABEL
 from samscale.models.registry import build_model, count_params
 from samscale.optim import SAM, sam_update
+from samscale.optim.cheap import CheapSAM, LateSAM, RandomSAM
+from samscale.optim.looksam import LookSAM
+from samscale.optim.momentum_sam import MomentumSAM
 from samscale.optim.sync import GradientSync, rank_slice
 from samscale.sparsity import MaskEnforcer, make_masks
 from samscale.spec.run import DataSpec, RunSpec
@@ -43,6 +47,7 @@ from samscale.workdir import checkpoint_path
 DATA_ORDER_SEED_OFFSET = 1_000_003  # shuffling and augmentation of the training set
 SNIP_BATCH_SEED_OFFSET = 2_000_003  # the batch SNIP scores weights on
 MASK_SEED_OFFSET = 3_000_017  # random layer-wise pruning masks
+RANDOM_SAM_SEED_OFFSET = 4_000_037  # random_sam's choice of SAM steps
 
 
 @dataclass
@@ -130,6 +135,20 @@ def build_optimizer(spec: RunSpec, params: list[nn.Parameter]) -> torch.optim.Op
     )
 
 
+def build_variant(spec: RunSpec, optimizer: torch.optim.Optimizer, total_steps: int) -> CheapSAM | None:
+    """The per-step rule of a cheap SAM variant around the run's SAM optimizer (None for SGD, SAM, USAM, ASAM)."""
+    o = spec.optim
+    if o.name == "looksam":
+        return LookSAM(optimizer, total_steps, k=o.looksam_k, alpha=o.looksam_alpha)
+    if o.name == "late_sam":
+        return LateSAM(optimizer, total_steps, start=o.late_start)
+    if o.name == "random_sam":
+        return RandomSAM(optimizer, total_steps, o.random_p, o.random_p_end, seed=spec.train.seed + RANDOM_SAM_SEED_OFFSET)
+    if o.name == "momentum_sam":
+        return MomentumSAM(optimizer, total_steps)
+    return None
+
+
 def build_model_for(spec: RunSpec, dataset: Dataset) -> nn.Module:
     """The spec's model, sized for the dataset's input shape and output dimension, initialized from the run seed.
 
@@ -197,6 +216,13 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
         self.forward = torch.compile(self.model) if spec.runtime.compile else self.model
         self.sync = GradientSync.from_environment(spec.optim.sam_mode)  # None unless one of several processes
+        self.variant = build_variant(spec, self.optimizer, spec.train.epochs * len(self.loader))
+        if self.variant is not None and self.sync is not None:
+            raise ValueError(f"optim.name {spec.optim.name!r} trains in one process only; set runtime.nproc to 1")
+        # What training has cost so far (checkpointed): forward-backward passes over a mini-batch (a pass over the
+        # whole batch counts once, however it is split into chunks, micro-batches or processes), the passes on the
+        # critical path (a pass that needs the previous one's gradient), and wall time of the training steps.
+        self.cost = {"grad_evals": 0, "sequential_grad_evals": 0, "optimizer_seconds": 0.0}
         self.is_main = self.sync is None or self.sync.is_main  # only rank 0 writes checkpoints and evaluates
         self.epoch = 0
         self.history: list[dict[str, float]] = []
@@ -235,9 +261,12 @@ class _Run:
             "model": self.model.state_dict(),
             "history": self.history,
         }
+        state["cost"] = dict(self.cost)
         if not weights_only:
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                          generator=self.generator.get_state())
+            if self.variant is not None:
+                state["variant"] = self.variant.state_dict()
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -247,8 +276,11 @@ class _Run:
         self.model.load_state_dict(state["model"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
+        self.cost.update(state.get("cost", {}))
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.variant is not None:
+                self.variant.load_state_dict(state["variant"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.generator.set_state(state["generator"])
         elif self.epoch < self.spec.train.epochs:
@@ -261,6 +293,7 @@ class _Run:
         self.model.train()
         meter = EpochMeter(self.dataset.task)
         autocast = _autocast(self.spec, self.device)
+        started = time.perf_counter()
         for x, y in self.loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.channels_last and x.dim() == 4:
@@ -270,21 +303,57 @@ class _Run:
                     self.scheduler.step()
                     continue
                 loss, output = self._distributed_step(x, y, autocast)
+                self._count(2 if isinstance(self.optimizer, SAM) else 1)
                 self.scheduler.step()
                 meter.update(loss, output, y)
                 continue
             with autocast:
-                if isinstance(self.optimizer, SAM):
+                if self.variant is not None:
+                    step = self.variant.update(self.forward, self.loss_fn, x, y)
+                    loss, output = step.loss, step.output
+                    self._count(step.grad_evals, step.sequential_grad_evals)
+                elif isinstance(self.optimizer, SAM):
                     loss, output = sam_update(self.forward, self.loss_fn, x, y, self.optimizer, m=self.spec.optim.m)
+                    self._count(2)
                 else:
                     output = self.forward(x)
                     loss = self.loss_fn(output, y)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
+                    self._count(1)
             self.scheduler.step()
             meter.update(loss, output.detach(), y)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.cost["optimizer_seconds"] += time.perf_counter() - started
         return meter.result(prefix="train_")
+
+    def _count(self, grad_evals: int, sequential: int | None = None) -> None:
+        """Add one step's forward-backward passes (and those of them that ran one after another)."""
+        self.cost["grad_evals"] += grad_evals
+        self.cost["sequential_grad_evals"] += grad_evals if sequential is None else sequential
+
+    def memory_summary(self) -> dict[str, Any]:
+        """Peak memory and the optimizer's own state in MiB.
+
+        `peak_memory_mb` is the peak of allocated CUDA memory since the run started on a GPU, and on a CPU the
+        process's peak resident set (`peak_memory_scope` says which; the process figure includes whatever the
+        process held before this run). `optimizer_state_mb` counts the tensors the optimizer keeps between steps
+        (momentum buffers, SAM's buffer for w + ε, LookSAM's stored direction), exactly.
+        """
+        tensors = [t for state in self.optimizer.state.values() for t in state.values() if isinstance(t, Tensor)]
+        base = getattr(self.optimizer, "base_optimizer", None)
+        if base is not None:
+            tensors += [t for state in base.state.values() for t in state.values() if isinstance(t, Tensor)]
+        if isinstance(self.variant, LookSAM) and self.variant.g_v is not None:
+            tensors += self.variant.g_v
+        state_bytes = sum({id(t): t.numel() * t.element_size() for t in tensors}.values())
+        if self.device.type == "cuda":
+            peak, scope = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_allocated"
+        else:
+            peak, scope = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_rss"
+        return {"peak_memory_mb": peak, "peak_memory_scope": scope, "optimizer_state_mb": state_bytes / 2**20}
 
     def _distributed_step(self, x: Tensor, y: Tensor, autocast: Any) -> tuple[Tensor, Tensor]:
         """This process's slice of the global batch through one synced step; the whole batch's loss and outputs."""
@@ -372,6 +441,8 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
         status, final, history = train_rl(spec, workdir, emit, max_epochs, device=device,
                                           build_optimizer=build_optimizer)
         return RunResult(spec.run_id, status, final, history)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     run = _Run(spec, device)
     run_id = spec.run_id
     ckpt = checkpoint_path(workdir, run_id) if workdir is not None else None
@@ -408,6 +479,8 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
     final["n_params"] = run.n_params
     final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in run.model.parameters()))
     final["data_source"] = run.dataset.source
+    final.update(run.cost)
+    final.update(run.memory_summary())
     final["substitute_for"] = run.dataset.substitute_for
     if status == RunStatus.COMPLETE and run.is_main:
         final.update(run.evaluate(_head(run.train_split, spec.runtime.train_eval_size), prefix="final_train_"))
