@@ -303,7 +303,7 @@ class _Run:
                     self.scheduler.step()
                     continue
                 loss, output = self._distributed_step(x, y, autocast)
-                self._count(2 if isinstance(self.optimizer, SAM) else 1)
+                self.count_passes(2 if isinstance(self.optimizer, SAM) else 1)
                 self.scheduler.step()
                 meter.update(loss, output, y)
                 continue
@@ -311,17 +311,17 @@ class _Run:
                 if self.variant is not None:
                     step = self.variant.update(self.forward, self.loss_fn, x, y)
                     loss, output = step.loss, step.output
-                    self._count(step.grad_evals, step.sequential_grad_evals)
+                    self.count_passes(step.grad_evals, step.sequential_grad_evals)
                 elif isinstance(self.optimizer, SAM):
                     loss, output = sam_update(self.forward, self.loss_fn, x, y, self.optimizer, m=self.spec.optim.m)
-                    self._count(2)
+                    self.count_passes(2)
                 else:
                     output = self.forward(x)
                     loss = self.loss_fn(output, y)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
-                    self._count(1)
+                    self.count_passes(1)
             self.scheduler.step()
             meter.update(loss, output.detach(), y)
         if self.device.type == "cuda":
@@ -329,7 +329,7 @@ class _Run:
         self.cost["optimizer_seconds"] += time.perf_counter() - started
         return meter.result(prefix="train_")
 
-    def _count(self, grad_evals: int, sequential: int | None = None) -> None:
+    def count_passes(self, grad_evals: int, sequential: int | None = None) -> None:
         """Add one step's forward-backward passes (and those of them that ran one after another)."""
         self.cost["grad_evals"] += grad_evals
         self.cost["sequential_grad_evals"] += grad_evals if sequential is None else sequential
@@ -339,16 +339,16 @@ class _Run:
 
         `peak_memory_mb` is the peak of allocated CUDA memory since the run started on a GPU, and on a CPU the
         process's peak resident set (`peak_memory_scope` says which; the process figure includes whatever the
-        process held before this run). `optimizer_state_mb` counts the tensors the optimizer keeps between steps
-        (momentum buffers, SAM's buffer for w + ε, LookSAM's stored direction), exactly.
+        process held before this run). `optimizer_state_mb` counts what the optimizer holds beyond weights and
+        gradients: the base optimizer's state (momentum buffers, Adam moments) plus one weight-sized copy for every
+        SAM-family optimizer (w + ε, or w set aside by momentum_sam during its pass) and one more for LookSAM's
+        stored direction.
         """
-        tensors = [t for state in self.optimizer.state.values() for t in state.values() if isinstance(t, Tensor)]
-        base = getattr(self.optimizer, "base_optimizer", None)
-        if base is not None:
-            tensors += [t for state in base.state.values() for t in state.values() if isinstance(t, Tensor)]
-        if isinstance(self.variant, LookSAM) and self.variant.g_v is not None:
-            tensors += self.variant.g_v
-        state_bytes = sum({id(t): t.numel() * t.element_size() for t in tensors}.values())
+        base = getattr(self.optimizer, "base_optimizer", self.optimizer)
+        tensors = {id(t): t for state in base.state.values() for t in state.values() if isinstance(t, Tensor)}
+        state_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        copies = (1 if isinstance(self.optimizer, SAM) else 0) + (1 if isinstance(self.variant, LookSAM) else 0)
+        state_bytes += copies * sum(p.numel() * p.element_size() for p in self.model.parameters())
         if self.device.type == "cuda":
             peak, scope = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_allocated"
         else:
