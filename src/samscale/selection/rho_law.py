@@ -123,8 +123,9 @@ def t_test_p(estimate: float, null: float, se: float, dof: int) -> float:
     return float(2 * stats.t.sf(abs(estimate - null) / se, dof))
 
 
-def fit_law(points: list[SizePoint], *, task: str, ladder: str, widths: list[float] | None) -> LawFit:
-    """Fit the law to one task's sizes, compare it with b = 0 and μP-global, and score leave-one-size-out."""
+def fit_law(points: list[SizePoint], *, task: str, ladder: str, widths: list[float] | None,
+            loso: bool = True) -> LawFit:
+    """Fit the law to one task's sizes, compare it with b = 0 and μP-global, and (`loso`) score leave-one-size-out."""
     fit = LawFit(task=task, ladder=ladder, sizes=points)
     if len(points) < 2:
         fit.no_interval = f"{len(points)} size(s): a slope needs at least 2"
@@ -153,7 +154,7 @@ def fit_law(points: list[SizePoint], *, task: str, ladder: str, widths: list[flo
         fit.p_b_zero = t_test_p(fit.b, 0.0, se, dof)
         if fit.b_mup is not None:
             fit.p_b_mup = t_test_p(fit.b, fit.b_mup, se, dof)
-    if len(points) >= 3:
+    if loso and len(points) >= 3:
         fit.loso_rows = leave_one_size_out(points, x, y, fit.b_mup)
         frame = pd.DataFrame(fit.loso_rows)
         fit.loso = {name: {"val_lost": float(rows["val_lost"].mean()), "test_lost": float(rows["test_lost"].mean())}
