@@ -205,3 +205,10 @@ def test_variant_settings_enter_only_their_own_run_ids(tiny_config):
     assert build_spec(tiny_config, ["optim.name=looksam", "optim.late_start=0.9"]).run_id == looksam.run_id
     with pytest.raises(ValueError, match="momentum"):
         build_spec(tiny_config, ["optim.name=momentum_sam", "optim.momentum=0"])
+
+
+def test_variants_refuse_runs_they_cannot_train(tiny_config):
+    with pytest.raises(ValueError, match="one process"):
+        build_spec(tiny_config, ["optim.name=looksam", "runtime.nproc=2"])
+    with pytest.raises(ValueError, match="m-sharpness"):
+        build_spec(tiny_config, ["optim.name=late_sam", "optim.m=16"])

@@ -366,6 +366,13 @@ class RunSpec(_Section):
 
     IDENTITY: ClassVar[tuple[str, ...]] = ("data", "model", "optim", "schedule", "train", "sparsity")
 
+    @model_validator(mode="after")
+    def _variant_fits_the_run(self) -> "RunSpec":
+        if self.optim.name in CHEAP_VARIANTS and (self.rl.env is not None or self.runtime.nproc > 1):
+            raise ValueError(f"optim.name {self.optim.name!r} trains supervised runs in one process; for DQN runs "
+                             "or runtime.nproc > 1 use sgd, sam, usam or asam")
+        return self
+
     def identity(self) -> dict[str, Any]:
         """The fields that change a run's numbers, with settings that cannot matter normalized away."""
         ident = {key: getattr(self, key).model_dump(mode="json") for key in self.IDENTITY}
