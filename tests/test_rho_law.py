@@ -106,15 +106,18 @@ STUDY = {
 }
 
 
-def planted_store(folder, b=-0.3, noise=0.002):
+def planted_store(folder, b=-0.3, noise=0.002, study=STUDY):
     """A study folder whose SAM runs' accuracies peak at ρ* = 0.1 · (#params / 10⁵)^b (fractions, like runs)."""
-    study = Study.model_validate(STUDY)
+    study = Study.model_validate(study)
     store, specs = prepare(study, folder)
     rng = np.random.default_rng(0)
     from samscale.models.registry import param_count
 
     for spec in specs:
-        n = param_count("mlp", spec.model.size, input_shape=(1, 28, 28), num_classes=10)
+        if spec.model.family == "mlp":
+            n = param_count("mlp", spec.model.size, input_shape=(1, 28, 28), num_classes=10)
+        else:
+            n = 10 ** 5 * spec.model.size
         log_star = math.log10(0.1) + b * (math.log10(n) - 5)
         acc = lambda: 0.9 if spec.optim.name == "sgd" else float(  # noqa: E731
             curve(np.log10([spec.optim.rho]), log_star)[0] / 100 + rng.normal(0, noise))
@@ -141,3 +144,16 @@ def test_rho_law_refuses_bad_folders_with_status_2(tmp_path, capsys):
     assert "not a finished study folder" in capsys.readouterr().err
     assert main(["rho-law", str(tmp_path), str(tmp_path)]) == 2  # several folders need --out
     assert "--out" in capsys.readouterr().err
+
+
+def test_depth_ladders_are_fitted_apart_and_get_no_mup_prediction(tmp_path):
+    depth = dict(STUDY, name="deep", base=dict(STUDY["base"], model={"family": "resnet"}),
+                 grid={"model.size": [10, 18, 34], "train.seed": [0, 1]})
+    planted_store(tmp_path / "deep", study=depth)
+    planted_store(tmp_path / "wide")
+    assert main(["rho-law", str(tmp_path / "deep"), str(tmp_path / "wide"), "--out", str(tmp_path / "page")]) == 0
+    tasks = json.loads((tmp_path / "page" / "rho_law.json").read_text())["tasks"]
+    by_ladder = {task["ladder"]: task for task in tasks}
+    assert set(by_ladder) == {"depth", "width"} and len(tasks) == 2
+    assert by_ladder["depth"]["b_mup"] is None and by_ladder["width"]["b_mup"] is not None
+    assert "3 sizes" in by_ladder["depth"]["no_interval"]  # too few sizes for a calibrated interval

@@ -143,7 +143,8 @@ def build_variant(spec: RunSpec, optimizer: torch.optim.Optimizer, total_steps: 
     if o.name == "late_sam":
         return LateSAM(optimizer, total_steps, start=o.late_start)
     if o.name == "random_sam":
-        return RandomSAM(optimizer, total_steps, o.random_p, o.random_p_end, seed=spec.train.seed + RANDOM_SAM_SEED_OFFSET)
+        return RandomSAM(optimizer, total_steps, o.random_p, o.random_p_end,
+                         seed=spec.train.seed + RANDOM_SAM_SEED_OFFSET)
     if o.name == "momentum_sam":
         return MomentumSAM(optimizer, total_steps)
     return None
@@ -216,9 +217,7 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
         self.forward = torch.compile(self.model) if spec.runtime.compile else self.model
         self.sync = GradientSync.from_environment(spec.optim.sam_mode)  # None unless one of several processes
-        self.variant = build_variant(spec, self.optimizer, spec.train.epochs * len(self.loader))
-        if self.variant is not None and self.sync is not None:
-            raise ValueError(f"optim.name {spec.optim.name!r} trains in one process only; set runtime.nproc to 1")
+        self.variant = build_variant(spec, self.optimizer, spec.train.epochs * len(self.loader))  # one process only
         # What training has cost so far (checkpointed): forward-backward passes over a mini-batch (a pass over the
         # whole batch counts once, however it is split into chunks, micro-batches or processes), the passes on the
         # critical path (a pass that needs the previous one's gradient), and wall time of the training steps.
@@ -260,8 +259,8 @@ class _Run:
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "history": self.history,
+            "cost": dict(self.cost),
         }
-        state["cost"] = dict(self.cost)
         if not weights_only:
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                          generator=self.generator.get_state())
