@@ -25,16 +25,16 @@ def curve(log_grid, log_rho_star, shape="parabola"):
     return 95 - 8 * np.where(d > 0, 2.0 * d ** 2, 0.7 * d ** 2) - np.abs(d) ** 3
 
 
-def simulated_study(rng, *, shape="parabola", sigma=0.3, tau=0.0, n_sizes=5, loso=False):
+def simulated_study(rng, *, shape="parabola", sigma=0.3, tau=0.0, n_sizes=5, loso=False, b=PLANTED_B):
     """Sizes over 1.5 decades of width (#params ∝ width²), ρ* on the planted law (± τ per size), seed noise σ/√3."""
     widths = np.logspace(0, 1.5, n_sizes)
     n_params = 1e5 * widths ** 2
     x = np.log10(n_params)
-    a = math.log10(0.1) - PLANTED_B * x.mean() + rng.uniform(-0.3, 0.3)
+    a = math.log10(0.1) - b * x.mean() + rng.uniform(-0.3, 0.3)
     log_grid = np.log10(GRID)
     points = []
     for i in range(n_sizes):
-        truth = curve(log_grid, a + PLANTED_B * x[i] + tau * rng.normal(), shape)
+        truth = curve(log_grid, a + b * x[i] + tau * rng.normal(), shape)
         val = truth + rng.normal(0, sigma / math.sqrt(3), len(GRID))
         test = truth + rng.normal(0, sigma / math.sqrt(3), len(GRID))
         log_rho, censored, best = interpolate_log_rho(log_grid, val)
@@ -63,6 +63,15 @@ def test_slope_interval_covers_the_planted_law_at_the_nominal_rate(shape, sigma,
     coverage = np.mean([f.b_ci[0] <= PLANTED_B <= f.b_ci[1] for f in with_interval])
     assert 0.93 <= coverage <= 0.975
     assert abs(np.mean([f.b for f in with_interval]) - PLANTED_B) < 0.02
+
+
+def test_p_values_reject_a_true_null_at_the_nominal_rate():
+    rng = np.random.default_rng(21)
+    constant = [f for f in (simulated_study(rng, b=0.0) for _ in range(1000)) if f.p_b_zero is not None]
+    mup = [f for f in (simulated_study(rng, b=-0.25, shape="asymmetric") for _ in range(1000)) if f.p_b_mup is not None]
+    assert len(constant) >= 900 and len(mup) >= 900
+    assert 0.025 <= np.mean([f.p_b_zero < 0.05 for f in constant]) <= 0.07  # b = 0 planted
+    assert 0.025 <= np.mean([f.p_b_mup < 0.05 for f in mup]) <= 0.07  # b = b_μP = −¼ planted
 
 
 def test_no_interval_without_enough_sizes_or_grid():
