@@ -166,3 +166,21 @@ def test_depth_ladders_are_fitted_apart_and_get_no_mup_prediction(tmp_path):
     assert set(by_ladder) == {"depth", "width"} and len(tasks) == 2
     assert by_ladder["depth"]["b_mup"] is None and by_ladder["width"]["b_mup"] is not None
     assert "3 sizes" in by_ladder["depth"]["no_interval"]  # too few sizes for a calibrated interval
+
+
+def test_unfinished_sizes_are_left_out_and_diverged_rho_never_chosen(tmp_path):
+    from samscale.store import RunStore
+
+    folder = planted_store(tmp_path / "study")
+    store = RunStore(store_path(folder))
+    frame = store.runs_frame()
+    sam = frame[frame["optim.name"] == "sam"]
+    store.finish(sam[sam["model.size"] == 8]["run_id"].iloc[0], "pending")  # the largest size is still training
+    small = sam[sam["model.size"] == 0.25]
+    best = small.loc[small["final_val_acc"].idxmax()]
+    store.finish(best["run_id"], "diverged")  # its best ρ diverged on one seed
+    assert main(["rho-law", str(folder)]) == 0
+    (task,) = json.loads((folder / "rho-law" / "rho_law.json").read_text())["tasks"]
+    assert [p["size"] for p in task["sizes"]] == [0.25, 0.5, 1, 2, 4]
+    first = task["sizes"][0]
+    assert first["grid"][first["best_index"]] != best["optim.rho"]

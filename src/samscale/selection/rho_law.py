@@ -19,7 +19,10 @@ Per task (one study's group, e.g. one label-noise rate, and one model ladder) an
 4. **Leave one size out.** Each size's ρ is predicted from the other sizes by the fitted law, by the constant (the
    others' mean log10 ρ̂*) and by μP-global (slope b_μP, intercept fitted to the others); the prediction is rounded
    to the nearest grid value in log10 ρ, and scored by the validation and test accuracy lost against that size's
-   best grid value (ρ* chosen on validation).
+   best grid value (ρ* chosen on validation); a prediction that lands on a ρ where a seed diverged scores NaN and is
+   counted (`diverged_picks`).
+
+Sizes with a SAM run still unfinished are left out; a ρ with a diverged seed is never a size's best value.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from samscale.errors import ConfigError
-from samscale.selection.select import COMPLETE, prepare
+from samscale.selection.select import COMPLETE, DIVERGED, UNFINISHED, prepare
 from samscale.selection.stats import t_quantile_975
 from samscale.spec.study import SelectionRule
 
@@ -86,7 +89,8 @@ def interpolate_log_rho(log_grid: np.ndarray, scores: np.ndarray) -> tuple[float
     """(log10 ρ̂*, censored, index of the best grid value) from seed-mean validation scores (higher is better).
 
     The parabola through the best point and its neighbours (unequal spacing allowed), its vertex clipped to the
-    neighbours; the best grid value itself, flagged, at either end of the grid or with fewer than three values.
+    neighbours; the best grid value itself, flagged, at either end of the grid, with fewer than three values, or
+    next to a value whose score is NaN (a ρ at which a seed diverged).
     """
     best = int(np.nanargmax(scores))
     n = len(log_grid)
@@ -94,6 +98,8 @@ def interpolate_log_rho(log_grid: np.ndarray, scores: np.ndarray) -> tuple[float
         return float(log_grid[best]), True, best
     x = log_grid[best - 1: best + 2]
     y = scores[best - 1: best + 2]
+    if np.isnan(y).any():  # a neighbour diverged: its side of the peak is unknown
+        return float(log_grid[best]), True, best
     curvature, slope, _ = np.polyfit(x, y, 2)
     if not curvature < 0:
         return float(log_grid[best]), False, best
@@ -157,7 +163,8 @@ def fit_law(points: list[SizePoint], *, task: str, ladder: str, widths: list[flo
     if loso and len(points) >= 3:
         fit.loso_rows = leave_one_size_out(points, x, y, fit.b_mup)
         frame = pd.DataFrame(fit.loso_rows)
-        fit.loso = {name: {"val_lost": float(rows["val_lost"].mean()), "test_lost": float(rows["test_lost"].mean())}
+        fit.loso = {name: {"val_lost": float(rows["val_lost"].mean()), "test_lost": float(rows["test_lost"].mean()),
+                           "diverged_picks": int(rows["val_lost"].isna().sum())}
                     for name, rows in frame.groupby("predictor", sort=False)}
     return fit
 
@@ -191,9 +198,13 @@ def size_points(frame: pd.DataFrame, rule: SelectionRule) -> dict[tuple, list[Si
         raise ConfigError(f"the ρ law scores accuracies on validation and test; this study selects by "
                           f"{rule.select_by!r} and reports {rule.metric!r}")
     prep = prepare(frame, rule)
-    treat = prep.arms[(prep.arms["_arm"] == "treatment") & (prep.arms["status"] == COMPLETE)]
+    arms = prep.arms[prep.arms["_arm"] == "treatment"]
+    unfinished = arms[arms["status"].isin(UNFINISHED)]
+    treat = arms[arms["status"].isin([COMPLETE, DIVERGED])]
+    treat = treat[~treat.set_index([*rule.group_by, rule.size_key]).index.isin(
+        unfinished.set_index([*rule.group_by, rule.size_key]).index)]  # sizes still training are left out
     if treat.empty:
-        raise ConfigError("no complete SAM runs in this study: nothing to fit")
+        raise ConfigError("no size whose SAM runs have all finished in this study: nothing to fit")
     family = "model.family" if "model.family" in treat else None
     groups = [*rule.group_by, *([family] if family else [])]
     out: dict[tuple, list[SizePoint]] = {}
@@ -202,8 +213,10 @@ def size_points(frame: pd.DataFrame, rule: SelectionRule) -> dict[tuple, list[Si
         points = []
         for size, by_size in rows.groupby(rule.size_key, sort=False):
             means = by_size.groupby(RHO)[["_score", "_metric"]].mean().sort_index()
+            diverged = by_size[by_size["status"] == DIVERGED][RHO].unique()
+            means.loc[means.index.isin(diverged)] = np.nan  # never chosen, as in selection
             means = means[means.index > 0]
-            if means.empty:
+            if means["_score"].isna().all():
                 continue
             grid = [float(r) for r in means.index]
             log_rho, censored, best = interpolate_log_rho(np.log10(grid), means["_score"].to_numpy())
