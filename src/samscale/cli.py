@@ -266,6 +266,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rho_law(args: argparse.Namespace) -> int:
+    """Fit log10 ρ* = a + b · log10(#params) per task over finished study folders and write the page."""
+    from samscale.report.rho_law_page import write_rho_law
+
+    if args.out is None and len(args.dirs) > 1:
+        raise UsageError("several study folders need --out (the page's folder)")
+    out = args.out if args.out is not None else Path(args.dirs[0]) / "rho-law"
+    command = "samscale rho-law " + " ".join(shlex.quote(str(d)) for d in args.dirs) + f" --out {shlex.quote(str(out))}"
+    print(write_rho_law(list(args.dirs), out, command=command))
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run one of the paper's experiments at a budget, or list them."""
     from samscale.fileio import write_text
@@ -401,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", choices=("total", "nonzero"), default=None,
                    help="x-axis: all parameters, or the non-zero ones of pruned runs (default: the study's choice)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("rho-law", help="fit ρ* = a · #params^b per task over finished study folders")
+    p.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="finished study folders (study.yaml + store)")
+    p.add_argument("--out", type=Path, default=None, help="page folder (default: DIR/rho-law for one DIR)")
+    p.set_defaults(func=cmd_rho_law)
 
     p = sub.add_parser("reproduce", help="reproduce one of the paper's experiments")
     p.add_argument("name", nargs="?", help="recipe name (see --list)")

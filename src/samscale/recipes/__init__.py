@@ -111,6 +111,19 @@ def _two_layer(budget: str, out: Path, on_progress: Callable[[str], None] | None
     return run_two_layer(budget, out, on_progress=on_progress)
 
 
+def _cost(budget: str, out: Path, on_progress: Callable[[str], None] | None = None) -> Path:
+    """Sweep the cost study (SGD, SAM, cheap SAM variants, also at SAM's gradient budget) and report its cost."""
+    from samscale.experiments.cost.run import run_cost
+    from samscale.spec.study import load_study
+
+    study = load_study(recipe_path("cost"), budget)
+    missing = check_data(study)
+    if missing:
+        raise ConfigError(f"cost at budget {budget!r} needs data that are not available here: {missing}")
+    return run_cost(study, out, command=f"samscale reproduce cost --budget {budget} --out {out}",
+                    executor_kind="serial" if budget == "smoke" else "local", on_progress=on_progress)
+
+
 EARLY_STOPPING_DIR = "early-stopping"
 """Sub-folder of the regularization recipe's second report: the same runs read at their best-validation epoch."""
 
@@ -181,6 +194,10 @@ RECIPES: dict[str, StudyRecipe | CombinedRecipe | FunctionRecipe] = {
     "regularization": FunctionRecipe(
         "regularization", "counter-cases: ViT from scratch, ResNet-18 without weight decay; with/without early stopping",
         _regularization,
+    ),
+    "cost": FunctionRecipe(
+        "cost", "SAM's gain at a fraction of its cost: SGD, SAM, LookSAM, late/random/momentum SAM per gradient "
+        "evaluation (label-noise MNIST on cpu)", _cost,
     ),
     "depth": StudyRecipe("depth", "SAM − SGD for CIFAR ResNets of depth 10, 18, 34 at fixed width"),
     "atari-dqn": StudyRecipe(

@@ -120,10 +120,19 @@ class ModelSpec(_Section):
         return size
 
 
+CHEAP_VARIANTS: tuple[str, ...] = ("looksam", "late_sam", "random_sam", "momentum_sam")
+"""SAM variants that take the second gradient on only some steps, or none (samscale.optim.cheap)."""
+_VARIANT_SETTINGS: dict[str, tuple[str, ...]] = {
+    "looksam": ("looksam_k", "looksam_alpha"),
+    "late_sam": ("late_start",),
+    "random_sam": ("random_p", "random_p_end"),
+}
+
+
 class OptimSpec(_Section):
     """Optimizer: SGD baseline or a SAM variant wrapped around a base optimizer (docs/PROTOCOL.md §2 semantics)."""
 
-    name: Literal["sgd", "sam", "usam", "asam"] = "sgd"
+    name: Literal["sgd", "sam", "usam", "asam", "looksam", "late_sam", "random_sam", "momentum_sam"] = "sgd"
     base: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
@@ -136,6 +145,13 @@ class OptimSpec(_Section):
     # With runtime.nproc > 1: "global" averages the clean gradients of all processes before the ascent (SAM on the
     # global batch); "per_device" perturbs each process with its own gradient (m-sharpness, m = per-process batch).
     sam_mode: Literal["global", "per_device"] = "global"
+    # Cheap SAM variants (samscale.optim.cheap; docs/PROTOCOL.md): each setting enters a run's identity only for the
+    # variant that reads it.
+    looksam_k: int = 5  # looksam: a full SAM step every k steps
+    looksam_alpha: float = 0.7  # looksam: weight of the reused orthogonal component
+    late_start: float = 0.5  # late_sam: fraction of the optimizer steps taken with SGD before SAM starts
+    random_p: float = 0.5  # random_sam: probability that a step is SAM (at the first step)
+    random_p_end: float | None = None  # random_sam: probability at the last step (linear schedule); None = constant
 
     @field_validator("lr")
     @classmethod
@@ -167,9 +183,39 @@ class OptimSpec(_Section):
             raise ValueError(f"m (examples per SAM perturbation) must be >= 1 or null, got {m}")
         return m
 
+    @field_validator("looksam_k")
+    @classmethod
+    def _positive_k(cls, k: int) -> int:
+        if k < 1:
+            raise ValueError(f"looksam_k (steps per full SAM step) must be >= 1, got {k}")
+        return k
+
+    @field_validator("looksam_alpha")
+    @classmethod
+    def _alpha(cls, alpha: float) -> float:
+        if not alpha >= 0:
+            raise ValueError(f"looksam_alpha must be >= 0, got {alpha}")
+        return alpha
+
+    @field_validator("late_start", "random_p", "random_p_end")
+    @classmethod
+    def _fraction(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"must be in [0, 1], got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _cheap_variant(self) -> "OptimSpec":
+        if self.name in CHEAP_VARIANTS and self.m is not None:
+            raise ValueError(f"optim.name {self.name!r} does not support m-sharpness; set m to null (got m={self.m})")
+        if self.name == "momentum_sam" and (self.base != "sgd" or self.momentum <= 0):
+            raise ValueError(f"optim.name 'momentum_sam' ascends along the SGD momentum buffer: it needs base 'sgd' "
+                             f"and momentum > 0, got base {self.base!r}, momentum {self.momentum}")
+        return self
+
     @property
     def is_sam(self) -> bool:
-        """Whether this optimizer takes the two-pass SAM step."""
+        """Whether this optimizer perturbs the weights (SAM, USAM, ASAM or a cheap SAM variant)."""
         return self.name != "sgd"
 
 
@@ -401,6 +447,11 @@ class RunSpec(_Section):
     def _consistent_sections(self) -> "RunSpec":
         if problem := dqn_problem(self):
             raise ValueError(problem)
+        if self.optim.name in CHEAP_VARIANTS and (self.rl.env is not None or self.runtime.nproc > 1
+                                                  or self.runtime.precision == "fp16"):
+            raise ValueError(f"optim.name {self.optim.name!r} trains supervised runs in one process without a "
+                             "gradient scaler; for DQN runs, runtime.nproc > 1 or runtime.precision fp16 use sgd, "
+                             "sam, usam or asam")
         return self
 
     def identity(self) -> dict[str, Any]:
@@ -420,6 +471,10 @@ class RunSpec(_Section):
         # Several processes change the numbers (BatchNorm normalizes per process; per-device SAM perturbs per
         # process), one does not: only then do the process count and SAM mode enter, so one-process ids never move.
         sam_mode = optim.pop("sam_mode")
+        for key in ("looksam_k", "looksam_alpha", "late_start", "random_p", "random_p_end"):
+            value = optim.pop(key)
+            if key in _VARIANT_SETTINGS.get(optim["name"], ()):  # only the variant's own settings, so ids never move
+                optim[key] = value
         if self.runtime.nproc > 1:
             ident["processes"] = {"nproc": self.runtime.nproc, "sam_mode": sam_mode if self.optim.is_sam else None}
         if self.rl.env is not None:  # supervised runs keep their ids: the rl section enters only when it is used

@@ -52,7 +52,7 @@ from samscale.data import make_loader
 from samscale.data.augment import host_to_device
 from samscale.data.registry import DATASETS
 from samscale.optim import SAM, frozen_bn_stats
-from samscale.spec.run import RunSpec
+from samscale.spec.run import CHEAP_VARIANTS, RunSpec
 from samscale.spec.status import RunStatus
 from samscale.train.checkpoint import load_checkpoint, save_checkpoint
 from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunEvent, RunStarted
@@ -85,6 +85,8 @@ def unpackable_reason(spec: RunSpec) -> str | None:
         return f"model family {spec.model.family!r} is not packable (packable: {', '.join(PACKABLE_FAMILIES)})"
     if spec.optim.base != "sgd":
         return f"base optimizer {spec.optim.base!r} (only SGD-based runs are packed)"
+    if spec.optim.name in CHEAP_VARIANTS:
+        return f"cheap SAM variant {spec.optim.name!r} (trained one by one)"
     if spec.optim.is_sam and spec.optim.m is not None:
         return f"m-sharpness (optim.m={spec.optim.m})"
     if spec.sparsity.method != "none":
@@ -177,6 +179,9 @@ class _Member:
         """Record a finished epoch (checkpointed unless it diverged, as `train_run` does) and announce it."""
         self.run.epoch += 1
         self.run.history.append(row)
+        # one (SGD) or two (SAM) passes per step over the member's batches; its share of the pack's time
+        self.run.count_passes((2 if self.spec.optim.is_sam else 1) * len(self.run.loader))
+        self.run.cost["optimizer_seconds"] += row.get("seconds", 0.0)
         if diverged:
             self.status = RunStatus.DIVERGED
         else:
@@ -198,6 +203,8 @@ class _Member:
         final["data_source"] = self.run.dataset.source
         final["substitute_for"] = self.run.dataset.substitute_for
         final.update(compute_record(self.run.device, self.spec.runtime.precision))
+        final.update(self.run.cost)
+        final.update(self.run.memory_summary())
         emit(RunEnded(run_id, self.status, final))
         return RunResult(run_id, self.status, final, self.run.history)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,6 +25,9 @@ from samscale.data import Dataset, ImageFolderSplit, Split, load_dataset, make_l
 from samscale.data.text import IGNORE_LABEL
 from samscale.models.registry import build_model, count_params
 from samscale.optim import SAM, sam_update
+from samscale.optim.cheap import CheapSAM, LateSAM, RandomSAM
+from samscale.optim.looksam import LookSAM
+from samscale.optim.momentum_sam import MomentumSAM
 from samscale.optim.sync import GradientSync, rank_slice
 from samscale.sparsity import MaskEnforcer, make_masks
 from samscale.spec.run import DataSpec, RunSpec
@@ -46,6 +50,7 @@ from samscale.workdir import checkpoint_path
 DATA_ORDER_SEED_OFFSET = 1_000_003  # shuffling and augmentation of the training set
 SNIP_BATCH_SEED_OFFSET = 2_000_003  # the batch SNIP scores weights on
 MASK_SEED_OFFSET = 3_000_017  # random layer-wise pruning masks
+RANDOM_SAM_SEED_OFFSET = 4_000_037  # random_sam's choice of SAM steps
 
 
 @dataclass
@@ -131,6 +136,21 @@ def build_optimizer(spec: RunSpec, params: list[nn.Parameter]) -> torch.optim.Op
         eta=o.asam_eta,
         **kwargs,
     )
+
+
+def build_variant(spec: RunSpec, optimizer: torch.optim.Optimizer, total_steps: int) -> CheapSAM | None:
+    """The per-step rule of a cheap SAM variant around the run's SAM optimizer (None for SGD, SAM, USAM, ASAM)."""
+    o = spec.optim
+    if o.name == "looksam":
+        return LookSAM(optimizer, total_steps, k=o.looksam_k, alpha=o.looksam_alpha)
+    if o.name == "late_sam":
+        return LateSAM(optimizer, total_steps, start=o.late_start)
+    if o.name == "random_sam":
+        return RandomSAM(optimizer, total_steps, o.random_p, o.random_p_end,
+                         seed=spec.train.seed + RANDOM_SAM_SEED_OFFSET)
+    if o.name == "momentum_sam":
+        return MomentumSAM(optimizer, total_steps)
+    return None
 
 
 def build_model_for(spec: RunSpec, dataset: Dataset) -> nn.Module:
@@ -220,6 +240,11 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
         self.forward = torch.compile(self.model) if spec.runtime.compile else self.model
         self.scaler = grad_scaler(spec.runtime.precision, device)  # fp16 only
+        self.variant = build_variant(spec, self.optimizer, spec.train.epochs * len(self.loader))  # one process only
+        # What training has cost so far (checkpointed): forward-backward passes over a mini-batch (a pass over the
+        # whole batch counts once, however it is split into chunks, micro-batches or processes), the passes on the
+        # critical path (a pass that needs the previous one's gradient), and wall time of the training steps.
+        self.cost = {"grad_evals": 0, "sequential_grad_evals": 0, "optimizer_seconds": 0.0}
         self.is_main = self.sync is None or self.sync.is_main  # only rank 0 writes checkpoints and evaluates
         self.epoch = 0
         self.history: list[dict[str, float]] = []
@@ -257,12 +282,15 @@ class _Run:
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "history": self.history,
+            "cost": dict(self.cost),
         }
         if not weights_only:
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                          generator=self.generator.get_state())
             if self.scaler is not None:
                 state["scaler"] = self.scaler.state_dict()
+            if self.variant is not None:
+                state["variant"] = self.variant.state_dict()
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -272,8 +300,11 @@ class _Run:
         self.model.load_state_dict(state["model"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
+        self.cost.update(state.get("cost", {}))
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.variant is not None:
+                self.variant.load_state_dict(state["variant"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.generator.set_state(state["generator"])
             if self.scaler is not None and "scaler" in state:
@@ -289,6 +320,7 @@ class _Run:
         meter = EpochMeter(self.dataset.task)
         autocast = _autocast(self.spec, self.device)
         scaler = self.scaler
+        started = time.perf_counter()
         for x, y in self.loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.channels_last and x.dim() == 4:
@@ -298,21 +330,57 @@ class _Run:
                     self.scheduler.step()
                     continue
                 loss, output = self._distributed_step(x, y, autocast)
+                self.count_passes(2 if isinstance(self.optimizer, SAM) else 1)
                 self.scheduler.step()
                 meter.update(loss, output, y)
                 continue
             with autocast:
-                if isinstance(self.optimizer, SAM):
+                if self.variant is not None:
+                    step = self.variant.update(self.forward, self.loss_fn, x, y)
+                    loss, output = step.loss, step.output
+                    self.count_passes(step.grad_evals, step.sequential_grad_evals)
+                elif isinstance(self.optimizer, SAM):
                     loss, output = sam_update(self.forward, self.loss_fn, x, y, self.optimizer, m=self.spec.optim.m,
                                               scaler=scaler)
+                    self.count_passes(2)
                 else:
                     output = self.forward(x)
                     loss = self.loss_fn(output, y)
                     self.optimizer.zero_grad(set_to_none=True)
                     _step(self.optimizer, loss, scaler)
+                    self.count_passes(1)
             self.scheduler.step()
             meter.update(loss, output.detach(), y)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.cost["optimizer_seconds"] += time.perf_counter() - started
         return meter.result(prefix="train_")
+
+    def count_passes(self, grad_evals: int, sequential: int | None = None) -> None:
+        """Add one step's forward-backward passes (and those of them that ran one after another)."""
+        self.cost["grad_evals"] += grad_evals
+        self.cost["sequential_grad_evals"] += grad_evals if sequential is None else sequential
+
+    def memory_summary(self) -> dict[str, Any]:
+        """Peak memory and the optimizer's own state in MiB.
+
+        `peak_memory_mb` is the peak of allocated CUDA memory since the run started on a GPU, and on a CPU the
+        process's peak resident set (`peak_memory_scope` says which; the process figure includes whatever the
+        process held before this run). `optimizer_state_mb` counts what the optimizer holds beyond weights and
+        gradients: the base optimizer's state (momentum buffers, Adam moments) plus one weight-sized copy for every
+        SAM-family optimizer (w + ε, or w set aside by momentum_sam during its pass) and one more for LookSAM's
+        stored direction.
+        """
+        base = getattr(self.optimizer, "base_optimizer", self.optimizer)
+        tensors = {id(t): t for state in base.state.values() for t in state.values() if isinstance(t, Tensor)}
+        state_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        copies = (1 if isinstance(self.optimizer, SAM) else 0) + (1 if isinstance(self.variant, LookSAM) else 0)
+        state_bytes += copies * sum(p.numel() * p.element_size() for p in self.model.parameters())
+        if self.device.type == "cuda":
+            peak, scope = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_allocated"
+        else:
+            peak, scope = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_rss"
+        return {"peak_memory_mb": peak, "peak_memory_scope": scope, "optimizer_state_mb": state_bytes / 2**20}
 
     def _distributed_step(self, x: Tensor, y: Tensor, autocast: Any) -> tuple[Tensor, Tensor]:
         """This process's slice of the global batch through one synced step; the whole batch's loss and outputs."""
@@ -436,6 +504,8 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
         status, final, history = train_rl(spec, workdir, emit_recorded, max_epochs, device=device,
                                           build_optimizer=build_optimizer)
         return RunResult(spec.run_id, status, final, history)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     run = _Run(spec, device)
     run_id = spec.run_id
     ckpt = checkpoint_path(workdir, run_id) if workdir is not None else None
@@ -472,6 +542,8 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
     final["n_params"] = run.n_params
     final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in run.model.parameters()))
     final["data_source"] = run.dataset.source
+    final.update(run.cost)
+    final.update(run.memory_summary())
     final["substitute_for"] = run.dataset.substitute_for
     final.update(compute_record(device, spec.runtime.precision))
     if status == RunStatus.COMPLETE and run.is_main:
