@@ -26,7 +26,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from samscale.spec.run import load_spec
     from samscale.store import RunStore
     from samscale.sweep.executors import execute_run
-    from samscale.train.checkpoint import load_checkpoint
+    from samscale.train.checkpoint import resume_state
     from samscale.train.events import EpochEnded
     from samscale.version import code_version
     from samscale.workdir import checkpoint_path, store_path
@@ -35,8 +35,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = load_spec(args.config, args.set + ([f"runtime.nproc={args.nproc}"] if args.nproc else []))
     _positive("--threads", args.threads)
     _check_models([spec])
-    if checkpoint_path(args.workdir, spec.run_id).is_file():  # refuse a damaged or unsafe one before the store
-        load_checkpoint(checkpoint_path(args.workdir, spec.run_id))
+    if checkpoint_path(args.workdir, spec.run_id).is_file():  # refuse a damaged, unsafe or foreign one before the store
+        resume_state(checkpoint_path(args.workdir, spec.run_id))
     store = RunStore(store_path(args.workdir))
     store.register(spec, study=args.study)
     status = store.status(spec.run_id)
@@ -56,6 +56,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if outcome.status == "busy":
         print(f"run {spec.run_id} is being trained by another live process; nothing to do")
         return 0
+    if outcome.status == "lost":
+        print(f"run {spec.run_id}: stopped, another process took it over ({outcome.error})", file=sys.stderr)
+        return 1
     if outcome.status == "failed":
         print(f"run {spec.run_id} failed:\n{outcome.error}", file=sys.stderr)
         return 1
@@ -142,6 +145,8 @@ def _progress(todo, done: int, total: int):
         bar.set_postfix_str(f"{finished[0]}/{total} runs; {outcome.status}: {outcome.label}")
         if outcome.status == "failed":
             bar.write(f"run {outcome.run_id} failed: {(outcome.error or '').strip().splitlines()[-1:]}")
+        elif outcome.status == "lost":
+            bar.write(f"run {outcome.run_id} lost: {outcome.error}")
 
     return bar, update
 
@@ -161,10 +166,12 @@ def run_sweep(study, workdir: Path, args: argparse.Namespace) -> int:
     print(f"study {study.name!r}: {total} runs, {total - len(todo)} already finished; store {store.path}")
     if decision["message"]:
         print(decision["message"])
+    if decision["cleared"]:
+        print(f"removed {len(decision['cleared'])} leftovers of killed processes: {', '.join(decision['cleared'])}")
     bar, update = _progress(todo, total - len(todo), total)
     with bar:
         summary = sweep(study, workdir, executor, on_result=update, other_versions="reuse")
-    counts = {s: summary.count(s) for s in ("complete", "diverged", "failed", "busy")}
+    counts = {s: summary.count(s) for s in ("complete", "diverged", "failed", "busy", "lost")}
     print("sweep finished: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" ({summary.skipped} skipped)")
     return 1 if counts["failed"] else 0
 

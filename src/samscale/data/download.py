@@ -9,6 +9,7 @@ from pathlib import Path
 
 from samscale.data.checksums import expected_digest, file_digest, mirrors
 from samscale.data.errors import DownloadFailed
+from samscale.process import owner_tag
 
 TIMEOUT_S = 60.0
 
@@ -18,7 +19,8 @@ def fetch(resource: str, filename: str, directory: str | os.PathLike[str]) -> Pa
 
     An existing file with the right digest is reused (one with a wrong digest is replaced). Downloads are written
     under a temporary name and renamed only once their digest matches, so an interrupted or corrupt download never
-    looks like a valid copy.
+    looks like a valid copy. The temporary name carries this process's `owner_tag`, so that a sweep can remove the
+    partial download of a process that was killed.
     """
     algorithm, digest = expected_digest(resource, filename)
     directory = Path(directory)
@@ -29,7 +31,7 @@ def fetch(resource: str, filename: str, directory: str | os.PathLike[str]) -> Pa
     failures = []
     for base in mirrors(resource):
         url = base + filename
-        handle, temporary = tempfile.mkstemp(prefix=f".{filename}.", dir=directory)
+        handle, temporary = tempfile.mkstemp(prefix=f".{filename}.{owner_tag()}.", dir=directory)
         os.close(handle)
         try:
             with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(temporary, "wb") as out:

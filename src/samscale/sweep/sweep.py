@@ -2,7 +2,10 @@
 
 Finished runs are kept only if the same code version produced them (`samscale.version`): by default a sweep refuses
 to mix runs of another code version into a study, and says so; `other_versions="reuse"` keeps them as they are,
-`"rerun"` trains them again with this code.
+`"rerun"` trains them again with this code (their checkpoints are deleted before the store forgets them, so a kill
+in between leaves finished runs of the old version, never a pending run beside an old finished checkpoint).
+
+Before it plans, a sweep clears what killed processes left in the work directory (`samscale.sweep.debris`).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from samscale.spec.run import RunSpec
 from samscale.spec.status import FINISHED
 from samscale.spec.study import Study
 from samscale.store import RunStore
+from samscale.sweep.debris import clear_debris
 from samscale.sweep.executors import RunOutcome
 from samscale.version import code_version
 from samscale.workdir import checkpoint_path, store_path, study_path
@@ -88,13 +92,15 @@ def plan(study: Study, workdir: str | Path, other_versions: OtherVersions = "ref
             "the study as they are, or --rerun-other-versions to train them again with this code"
         )
     store, specs = prepare(study, workdir, specs)
-    decision = {"total": len(specs), "other_versions": len(others), "action": other_versions, "message": ""}
+    cleared = clear_debris(workdir, store)
+    decision = {"total": len(specs), "other_versions": len(others), "action": other_versions, "message": "",
+                "cleared": [str(path) for path in cleared]}
     if others:
         described = _describe(others)
         if other_versions == "rerun":
-            store.reset(list(others))
-            for run_id in others:  # a finished checkpoint would be resumed as finished: start from scratch
+            for run_id in others:  # first the checkpoints: a finished one must never meet a pending run
                 checkpoint_path(workdir, run_id).unlink(missing_ok=True)
+            store.reset(list(others))
             decision["message"] = f"{described}; training them again with {code_version()}"
         else:
             decision["message"] = f"{described}; reusing them as they are (--reuse-other-versions)"

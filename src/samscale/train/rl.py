@@ -36,7 +36,7 @@ from samscale.models.registry import build_model, count_params
 from samscale.optim import SAM, sam_update
 from samscale.spec.run import RunSpec
 from samscale.spec.status import RunStatus
-from samscale.train.checkpoint import load_checkpoint, save_checkpoint
+from samscale.train.checkpoint import Fence, origin, resume_state, save_checkpoint
 from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunStarted
 from samscale.train.summary import summarize_history
 from samscale.workdir import checkpoint_path
@@ -251,6 +251,7 @@ def train_rl(
     *,
     device: torch.device,
     build_optimizer: Callable[[RunSpec, list[nn.Parameter]], torch.optim.Optimizer],
+    fence: Fence | None = None,
 ) -> tuple[str, dict[str, Any], list[dict[str, float]]]:
     """Run (or resume) a DQN run: returns (status, final summary, history); see the module docstring."""
     if spec.schedule.kind != "constant" or spec.schedule.warmup_epochs:
@@ -261,7 +262,7 @@ def train_rl(
     agent = _Agent(spec, device, build_optimizer)
     run_id = spec.run_id
     ckpt = checkpoint_path(workdir, run_id) if workdir is not None else None
-    if ckpt is not None and (state := load_checkpoint(ckpt)) is not None:
+    if ckpt is not None and (state := resume_state(ckpt)) is not None:
         agent.restore(state)
     emit(RunStarted(spec, agent.n_params, list(agent.history)))
     status, epochs_this_call = RunStatus.COMPLETE, 0
@@ -284,7 +285,7 @@ def train_rl(
         row["seconds"] = time.perf_counter() - started
         agent.history.append(row)
         if ckpt is not None:
-            save_checkpoint(ckpt, agent.state())
+            save_checkpoint(ckpt, {**agent.state(), **origin(run_id, fence)}, fence)
         emit(EpochEnded(run_id, agent.epoch, row))
     final = summarize_history(agent.history, score="val_return")
     final.update(n_params=agent.n_params, n_nonzero=int(sum(int((p != 0).sum()) for p in agent.q.parameters())),
@@ -292,6 +293,7 @@ def train_rl(
                              f"p={spec.rl.sticky_action_prob}; stand-in for Atari (ALE)",
                  substitute_for="atari")
     if status == RunStatus.COMPLETE and ckpt is not None:
-        save_checkpoint(ckpt, agent.state(weights_only=not spec.runtime.keep_optimizer_state))
+        save_checkpoint(ckpt, {**agent.state(weights_only=not spec.runtime.keep_optimizer_state),
+                               **origin(run_id, fence)}, fence)
     emit(RunEnded(run_id, status, final))
     return status, final, agent.history
