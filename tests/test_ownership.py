@@ -137,12 +137,16 @@ def _store_unlocked(path: Path) -> bool:
         db.close()
 
 
+def _running_part_way(path: Path) -> bool:
+    """Whether a run is held after at least one epoch (a cheap query: the sweep is not slowed down)."""
+    with sqlite3.connect(path, timeout=5.0) as db:
+        return db.execute("SELECT COUNT(*) FROM runs WHERE status = 'running' AND epochs_done >= 1").fetchone()[0] > 0
+
+
 def _held_by(store: RunStore, pid: int) -> list[str]:
-    frame = store.runs_frame()
-    owned = frame["run_id"][frame["status"] == "running"]
-    with sqlite3.connect(store.path) as db:
-        owners = dict(db.execute("SELECT run_id, owner FROM runs"))
-    return [run_id for run_id in owned if owners[run_id] and owners[run_id].split(":")[1] == str(pid)]
+    with sqlite3.connect(store.path, timeout=5.0) as db:
+        rows = db.execute("SELECT run_id, owner FROM runs WHERE status = 'running'").fetchall()
+    return [run_id for run_id, owner in rows if owner and owner.split(":")[1] == str(pid)]
 
 
 def _wait(condition, what: str, timeout_s: float = 120.0) -> None:
@@ -171,8 +175,7 @@ def test_chaos_a_stopped_sweep_is_taken_over_and_the_woken_loser_writes_nothing(
         _wait(lambda: store_path(work).exists(), "the first sweep created its store")
         store = RunStore(store_path(work), stale_after_s=stale_s)
         while True:  # stop the first sweep mid-run, outside any store transaction
-            _wait(lambda: (lambda f: not f.empty and ((f["status"] == "running") & (f["epochs_done"] >= 1)).any())(
-                store.runs_frame()), "the first sweep is part-way through a run")
+            _wait(lambda: _running_part_way(store.path), "the first sweep is part-way through a run")
             first.send_signal(signal.SIGSTOP)
             time.sleep(0.05)
             held = _held_by(store, first.pid)
