@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from samscale.errors import ClaimLost, ConfigError
-from samscale.process import machine_key, owner_tag
+from samscale.process import machine_key
 from samscale.spec.run import build_spec
 from samscale.spec.study import Study
 from samscale.store import RunStore

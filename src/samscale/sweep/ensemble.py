@@ -20,7 +20,7 @@ from samscale.spec.run import RunSpec
 from samscale.spec.status import FINISHED, RunStatus
 from samscale.store import RunStore
 from samscale.sweep.pool import run_in_pool
-from samscale.sweep.recorder import Heartbeat, RunOutcome, StoreRecorder, lost_outcome
+from samscale.sweep.recorder import Heartbeat, RunOutcome, StoreRecorder, failed_outcome, lost_outcome
 from samscale.train.ensemble import pack_key, train_ensemble, unpackable_reason
 from samscale.train.events import RunEnded, RunEvent
 
@@ -129,25 +129,16 @@ def execute_pack(spec_jsons: list[str], store_path: str, workdir: str, threads: 
                     event = ended[spec.run_id]
                     outcomes.append(RunOutcome(spec.run_id, spec.label(), str(event.status), final=event.final))
                 else:
-                    outcomes.append(_failed(recorder, spec, error))
+                    outcomes.append(failed_outcome(recorder, spec, error))
             return outcomes
     for spec, result in zip(claimed, results):
         if result.status == RunStatus.FAILED:  # a member that could not start (or end): its own error
-            outcomes.append(_failed(recorder, spec, result.error or "failed"))
+            outcomes.append(failed_outcome(recorder, spec, result.error or "failed"))
         elif result.status == RunStatus.LOST:
             outcomes.append(lost_outcome(spec, ClaimLost(result.error or f"run {spec.run_id} was taken over")))
         else:
             outcomes.append(RunOutcome(spec.run_id, spec.label(), str(result.status), final=result.final))
     return outcomes
-
-
-def _failed(recorder: StoreRecorder, spec: RunSpec, error: str) -> RunOutcome:
-    """Record a member as failed with `error` (or, if it was taken over meanwhile, report it lost)."""
-    try:
-        recorder.failed(spec.run_id, error)
-    except ClaimLost as lost:
-        return lost_outcome(spec, lost)
-    return RunOutcome(spec.run_id, spec.label(), RunStatus.FAILED.value, error=error)
 
 
 class EnsembleExecutor:

@@ -18,7 +18,8 @@ from samscale.spec.run import RunSpec
 from samscale.spec.status import FINISHED, RunStatus
 from samscale.store import RunStore
 from samscale.sweep.pool import run_in_pool
-from samscale.sweep.recorder import Heartbeat, RunOutcome, StoreRecorder, lost_outcome  # RunOutcome: re-exported
+from samscale.sweep.recorder import (Heartbeat, RunOutcome, StoreRecorder,  # RunOutcome: re-exported
+                                     failed_outcome, lost_outcome)
 from samscale.train.events import EventHandler, RunEvent
 from samscale.train.loop import train_run
 
@@ -45,17 +46,12 @@ def execute_run(spec_json: str, store_path: str, workdir: str, threads: int | No
             on_event(event)
 
     try:
-        try:
-            with Heartbeat(store, [claim]):
-                result = train_run(spec, workdir=workdir, on_event=handle, fence=store.fence([claim]))
-        except ClaimLost:
-            raise
-        except Exception:  # isolate failures: the sweep records it and goes on
-            error = traceback.format_exc()
-            recorder.failed(spec.run_id, error)
-            return RunOutcome(spec.run_id, spec.label(), RunStatus.FAILED.value, error=error)
+        with Heartbeat(store, [claim]):
+            result = train_run(spec, workdir=workdir, on_event=handle, fence=store.fence([claim]))
     except ClaimLost as lost:
         return lost_outcome(spec, lost)
+    except Exception:  # isolate failures: the sweep records it and goes on
+        return failed_outcome(recorder, spec, traceback.format_exc())
     return RunOutcome(spec.run_id, spec.label(), str(result.status), final=result.final)
 
 
@@ -101,7 +97,9 @@ class LocalPoolExecutor:
 class RayExecutor:
     """Runs each spec as a Ray task with the given CPUs/GPUs; the driver alone writes the store.
 
-    Checkpoints go to `workdir`, which must be visible to every node (a shared filesystem) for resume to work.
+    Checkpoints go to `workdir`, which must be visible to every node (a shared filesystem) for resume to work. The
+    driver's writes to the store are fenced by its claims; a Ray worker's checkpoint writes are not (the worker does
+    not open the store), so a driver that was taken over may still have its tasks' checkpoints land.
     """
 
     def __init__(self, address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,

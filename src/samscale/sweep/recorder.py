@@ -41,6 +41,15 @@ def lost_outcome(spec: RunSpec, lost: ClaimLost) -> RunOutcome:
     return RunOutcome(spec.run_id, spec.label(), RunStatus.LOST.value, error=str(lost))
 
 
+def failed_outcome(recorder: "StoreRecorder", spec: RunSpec, error: str) -> RunOutcome:
+    """Record that a run raised `error` and return its outcome (`lost` if it was taken over meanwhile)."""
+    try:
+        recorder.failed(spec.run_id, error)
+    except ClaimLost as lost:
+        return lost_outcome(spec, lost)
+    return RunOutcome(spec.run_id, spec.label(), RunStatus.FAILED.value, error=error)
+
+
 class StoreRecorder:
     """An event handler for `train_run` that writes the events of the runs it holds (`claims`) into a store.
 
