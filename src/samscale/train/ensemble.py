@@ -20,7 +20,9 @@ parameters are stacked along a leading member dimension and every forward/backwa
   from the member's last checkpoint;
 - its own failures: a member that cannot be built or restored (say, its checkpoint is damaged), or whose end
   (`train_run` resuming its finished checkpoint) raises, leaves the pack with its own error (a `failed` RunResult)
-  and the others train on. An error of the pack's shared training step ends every member still in it.
+  and the others train on; a member whose run another sweep took over (`ClaimLost` from its fenced checkpoint or
+  recorded epoch) ends `lost` and leaves the pack. An error of the pack's shared training step ends every member
+  still in it.
 
 Numbers equal one-by-one `train_run` within floating-point tolerance, not bitwise: batched matrix products and the
 per-member norms sum in a different order. The "seconds" of an epoch row is the pack's epoch time divided by the
