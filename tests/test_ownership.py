@@ -278,3 +278,23 @@ def test_a_kill_between_the_two_steps_of_rerun_never_finishes_a_run_from_old_wei
     assert (frame["code_version"] == code_version()).all() and (frame["attempts"] == 2).all()
     for run_id in frame["run_id"]:
         assert load_checkpoint(checkpoint_path(work, run_id))["code_version"] == code_version()
+
+
+def test_interrupted_runs_with_checkpoints_of_other_code_are_refused_or_trained_anew(tiny_config, tmp_path):
+    study = _study(tiny_config, epochs=3)
+    sweep(study, tmp_path / "reference", SerialExecutor())
+    work = tmp_path / "work"
+    spec = study.expand()[0]
+    train_run(spec, workdir=work, max_epochs=2)  # interrupted after two epochs, by older code
+    path = checkpoint_path(work, spec.run_id)
+    state = load_checkpoint(path)
+    state["code_version"] = "0.0.1+g0123456789ab"
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match=r"1 interrupted runs .* code version 0\.0\.1\+g0123456789ab.*"
+                                          r"--rerun-other-versions"):
+        sweep(study, work, SerialExecutor())
+    assert not store_path(work).exists() and load_checkpoint(path)["epoch"] == 2  # refused before any write
+    summary = sweep(study, work, SerialExecutor(), other_versions="rerun")
+    assert summary.count("complete") == 2
+    assert _table(work).equals(_table(tmp_path / "reference"))
+    assert load_checkpoint(path)["code_version"] == code_version()
