@@ -39,14 +39,15 @@ def _table(workdir: Path):
     return frame[COLUMNS].sort_values("run_id").reset_index(drop=True)
 
 
-def _running_part_way(path: Path) -> list[tuple[str, str]]:
-    """(run_id, owner) of the runs held after at least one epoch (a cheap query: the sweep is not slowed down)."""
+def _running_part_way(path: Path, epochs: int) -> list[tuple[str, str]]:
+    """(run_id, owner) of the runs held with at least one epoch done and two to do (a cheap query: the sweep is not
+    slowed down)."""
     if not path.exists():
         return []
     try:
         with sqlite3.connect(path, timeout=5.0) as db:
-            return db.execute("SELECT run_id, owner FROM runs WHERE status = 'running' AND epochs_done >= 1 "
-                              "AND owner IS NOT NULL").fetchall()
+            return db.execute("SELECT run_id, owner FROM runs WHERE status = 'running' AND epochs_done BETWEEN 1 AND ? "
+                              "AND owner IS NOT NULL", (epochs - 2,)).fetchall()
     except sqlite3.OperationalError:  # the sweep is still creating its tables
         return []
 
@@ -59,7 +60,7 @@ def test_a_worker_killed_by_the_os_leaves_its_run_resumable_and_the_sweep_goes_o
     def kill_one_worker() -> None:  # the OS kills the worker training a run, part-way through it
         deadline = time.time() + 300
         while time.time() < deadline:
-            busy = _running_part_way(store_path(work))
+            busy = _running_part_way(store_path(work), epochs=4)
             if busy:
                 run_id, owner = busy[0]
                 os.kill(int(owner.split(":")[1]), signal.SIGKILL)
@@ -77,6 +78,8 @@ def test_a_worker_killed_by_the_os_leaves_its_run_resumable_and_the_sweep_goes_o
     frame = RunStore(store_path(work)).runs_frame().set_index("run_id")
     assert (frame["status"] == "complete").all() and summary.count("complete") == 3
     assert frame.loc[killed[0], "attempts"] == 2  # resumed by a worker of the fresh pool
+    history = RunStore(store_path(work)).history(killed[0])
+    assert list(history["epoch"]) == [1, 2, 3, 4] and set(history["attempt"]) == {2}
     assert frame["attempts"].max() == 2  # (the broken pool's other worker is stopped too; its run resumes likewise)
     sweep(study, tmp_path / "reference", SerialExecutor())
     assert _table(work).equals(_table(tmp_path / "reference"))  # nothing lost, numbers identical

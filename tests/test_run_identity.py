@@ -121,7 +121,8 @@ def test_finished_checkpoint_keeps_weights_only_unless_asked(tiny_config, tmp_pa
     spec = build_spec(tiny_config, ["train.epochs=2", "optim.name=sam"])
     train_run(spec, workdir=tmp_path / "slim")
     slim = load_checkpoint(checkpoint_path(tmp_path / "slim", spec.run_id))
-    assert set(slim) == {"run_id", "attempt", "code_version", "spec", "epoch", "model", "history"} and slim["epoch"] == 2
+    assert set(slim) == {"run_id", "attempt", "code_version", "spec", "epoch", "model", "history"}
+    assert slim["epoch"] == 2
     full_spec = build_spec(tiny_config, ["train.epochs=2", "optim.name=sam", "runtime.keep_optimizer_state=true"])
     assert full_spec.run_id == spec.run_id  # a runtime setting, not part of the run's identity
     train_run(full_spec, workdir=tmp_path / "full")

@@ -289,8 +289,9 @@ class RunStore:
         now = time.time()
         with self._connect() as db:
             for run_id in run_ids:
-                db.execute("UPDATE runs SET status = 'pending', final = NULL, error = NULL, owner = NULL, claim = NULL, "
-                           "epochs_done = 0, code_version = NULL, updated = ? WHERE run_id = ?", (now, run_id))
+                db.execute("UPDATE runs SET status = 'pending', final = NULL, error = NULL, owner = NULL, "
+                           "claim = NULL, epochs_done = 0, code_version = NULL, updated = ? WHERE run_id = ?",
+                           (now, run_id))
                 db.execute("DELETE FROM history WHERE run_id = ?", (run_id,))
                 db.execute("DELETE FROM analysis WHERE run_id = ?", (run_id,))
 

@@ -57,7 +57,8 @@ def debris(workdir: str | Path, store: RunStore) -> list[Path]:
         for path in report.parent.glob(pattern):
             if tag_is_dead(path.name) or ("owner-" not in path.name and _old(path, stale)):
                 found.append(path)
-    found += [path for path in Path(tempfile.gettempdir()).glob(f"{RENDEZVOUS_PREFIX}owner-*") if tag_is_dead(path.name)]
+    rendezvous = Path(tempfile.gettempdir()).glob(f"{RENDEZVOUS_PREFIX}owner-*")
+    found += [path for path in rendezvous if tag_is_dead(path.name)]
     home = data_home()
     if home.is_dir():
         found += [path for path in home.glob("*/.*.owner-*") if tag_is_dead(path.name)]

@@ -8,7 +8,8 @@ in any rank ends the whole run with that rank's traceback. The processes meet th
 (no port to pick or collide on; its name carries the parent's `owner_tag`, so a sweep can remove the folder of a
 parent that was killed). Each process dies with the parent through the kernel's parent-death signal
 (`samscale.process.die_with_parent`), as a sweep's pool workers do: a killed parent never leaves rank 0 writing the
-run's checkpoint while the next sweep trains it again. The backend is gloo on CPU and NCCL on CUDA (rank r uses GPU r mod the GPU count).
+run's checkpoint while the next sweep trains it again. The backend is gloo on CPU and NCCL on CUDA (rank r uses GPU
+r mod the GPU count).
 
 Inside each process the trainer holds one slice of every batch and averages explicitly (`GradientSync`), so SAM's
 two modes are exact: ``global`` equals SAM on the whole batch in one process (with BatchNorm: with the batch
