@@ -85,6 +85,17 @@ def test_a_worker_killed_by_the_os_leaves_its_run_resumable_and_the_sweep_goes_o
     assert _table(work).equals(_table(tmp_path / "reference"))  # nothing lost, numbers identical
 
 
+def test_a_task_that_kills_every_worker_is_given_up_after_three_barren_pools(caplog):
+    from samscale.sweep.pool import MAX_BARREN_POOLS, run_in_pool
+
+    with caplog.at_level("WARNING", logger="samscale.sweep"):  # each task ends its worker, as an OOM kill would
+        results = list(run_in_pool(os._exit, [(9,), (9,)], workers=1, threads=1,
+                                   abandon=lambda task, error: ("given up", task, error)))
+    assert [result[:2] for result in results] == [("given up", (9,)), ("given up", (9,))]
+    assert "3 pools in a row broke" in results[0][2] and "resumable by the next sweep" in results[0][2]
+    assert caplog.text.count("go to a fresh pool") == MAX_BARREN_POOLS - 1
+
+
 def test_a_member_with_a_corrupt_checkpoint_leaves_its_pack_with_its_own_error(tiny_config, tmp_path):
     study = _study(tiny_config, epochs=2, seeds=(0, 1, 2))
     specs = study.expand()
