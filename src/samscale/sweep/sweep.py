@@ -78,7 +78,8 @@ def other_version_runs(store: RunStore, specs: list[RunSpec]) -> dict[str, str |
     return {run_id: version for run_id, version in store.code_versions(finished).items() if version != current}
 
 
-def interrupted_other_version_runs(store: RunStore | None, specs: list[RunSpec], workdir: str | Path) -> dict[str, str]:
+def interrupted_other_version_runs(store: RunStore | None, specs: list[RunSpec],
+                                   workdir: str | Path) -> dict[str, str]:
     """Unfinished runs among `specs`, held by no live process, whose checkpoint another code version wrote:
     run_id → that version. A checkpoint that cannot be read is left to its run, which fails with its own error."""
     statuses, held = (store.statuses(), store.held_runs()) if store is not None else ({}, set())
