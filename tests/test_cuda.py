@@ -80,3 +80,58 @@ def test_bf16_and_channels_last_steps_stay_close_to_fp32(variant):
         loss = float(F.cross_entropy(net(inputs).float(), y))
     tolerance = 3e-2 if variant == "bf16" else 1e-4
     assert abs(loss - reference) <= tolerance * abs(reference)
+
+
+@pytest.fixture
+def tiny_config():
+    """Generated regression data (no files, no optional packages: the GPU machine may lack them), a small MLP."""
+    return {"data": {"name": "teacher-student", "val_size": 200}, "model": {"family": "mlp", "size": 0.25},
+            "optim": {"lr": 0.02, "momentum": 0.9}, "train": {"epochs": 2, "batch_size": 64, "seed": 0}}
+
+
+def _cuda_spec(tiny_config, *overrides):
+    from samscale.spec.run import build_spec
+
+    return build_spec(tiny_config, ["runtime.device=cuda", *overrides])
+
+
+def test_train_run_on_cuda_under_every_precision_policy_records_it(tiny_config, tmp_path):
+    from samscale.train.loop import train_run
+
+    losses = {}
+    for policy in ("highest", "tf32", "bf16", "fp16"):
+        result = train_run(_cuda_spec(tiny_config, "optim.name=sam", f"runtime.precision={policy}"),
+                           workdir=tmp_path / policy)
+        assert result.status == "complete" and result.final["precision"] == policy
+        assert result.final["device_name"] == torch.cuda.get_device_name(0)
+        losses[policy] = result.history[-1]["train_loss"]
+    for policy in ("tf32", "bf16", "fp16"):
+        assert losses[policy] == pytest.approx(losses["highest"], rel=0.05), policy
+
+
+def test_ensemble_on_cuda_equals_one_by_one_on_cuda(tiny_config, tmp_path):
+    from samscale.train.ensemble import train_ensemble
+    from samscale.train.loop import train_run
+
+    specs = [_cuda_spec(tiny_config, f"train.seed={seed}", f"optim.name={name}", "optim.rho=0.05")
+             for seed, name in ((0, "sgd"), (0, "sam"), (1, "sam"))]
+    packed = train_ensemble(specs, workdir=tmp_path / "packed")
+    for got, spec in zip(packed, specs):
+        want = train_run(spec, workdir=tmp_path / "single")
+        for row, ref in zip(got.history, want.history, strict=True):
+            assert row["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-4)
+
+
+def test_analysis_runs_on_the_gpu_in_fp32_and_leaves_the_model_as_it_was(tiny_config):
+    from samscale.train.curvature import analyze_model
+    from samscale.train.loop import build_model_for, dataset_for, loss_function
+
+    spec = _cuda_spec(tiny_config, "analysis.n_examples=128", "analysis.what=[lambda_max]")
+    dataset = dataset_for(spec)
+    model = build_model_for(spec, dataset).cuda().train()
+    before = copy.deepcopy(model.state_dict())
+    on_gpu = analyze_model(spec, model, dataset, loss_function(dataset))
+    assert model.training and next(model.parameters()).is_cuda
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    on_cpu = analyze_model(spec, copy.deepcopy(model).cpu(), dataset, loss_function(dataset))
+    assert on_gpu["lambda_max"]["value"] == pytest.approx(on_cpu["lambda_max"]["value"], rel=1e-4)

@@ -137,10 +137,14 @@ def test_train_run_on_two_processes_resumes_and_matches_one_process(tiny_config,
     assert resumed.status == "complete"
     assert [type(e) for e in events] == [RunStarted, EpochEnded, RunEnded] and len(events[0].history) == 1
     reference = train_run(single, workdir=tmp_path / "ref")
+    # float32, two summation orders (the processes' half-batch sums, then their average): after 2 epochs the losses
+    # differ by 2e-8 relative and the weights by 3e-8 absolute on an AMD EPYC. Other CPUs' kernels may round up to
+    # ~1000 times more (as seen for convolutions), so 1e-4 is the stated tolerance; the float64 test above checks
+    # the step itself to 1e-12, and a wrong average or perturbation would differ by far more than 1e-4.
     for row, ref in zip(resumed.history, reference.history, strict=True):
-        assert row["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-5)
+        assert row["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-4)
         assert row["val_acc"] == pytest.approx(ref["val_acc"], abs=1 / 128 + 1e-9)
     ours, theirs = final_weights(tmp_path / "b", double.run_id), final_weights(tmp_path / "ref", single.run_id)
     assert set(ours) == set(theirs)
     for key in theirs:
-        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-4)

@@ -53,7 +53,8 @@ def test_td_loss_and_epsilon_by_hand():
     targets = torch.tensor([[1.5, 1.0], [2.0, 0.0]])  # (target, action)
     # errors 0.5 (quadratic: 0.125) and 2.0 (linear: 1.5); mean 0.8125
     assert float(td_loss(q, targets)) == pytest.approx(0.8125)
-    spec = build_spec({"rl": {"env": "breakout", "eps_start": 1.0, "eps_end": 0.1, "eps_decay_steps": 100}})
+    spec = build_spec({"rl": {"env": "breakout", "eps_start": 1.0, "eps_end": 0.1, "eps_decay_steps": 100},
+                       "schedule": {"kind": "constant"}})
     assert [epsilon(spec, s) for s in (0, 50, 100, 1000)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
 
 
@@ -163,8 +164,9 @@ def test_rl_section_enters_the_identity_only_when_used():
     plain = build_spec({})
     assert "rl" not in plain.identity()
     assert build_spec({"rl": {"steps_per_epoch": 7}}).run_id == plain.run_id  # unused settings cannot matter
-    assert build_spec({"rl": {"env": "breakout"}}).identity()["rl"]["env"] == "breakout"
-    breakout = build_spec({"rl": {"env": "breakout"}})
-    assert build_spec({"rl": {"env": "breakout", "gamma": 0.9}}).run_id != breakout.run_id
+    constant = {"schedule": {"kind": "constant"}}
+    assert build_spec({"rl": {"env": "breakout"}, **constant}).identity()["rl"]["env"] == "breakout"
+    breakout = build_spec({"rl": {"env": "breakout"}, **constant})
+    assert build_spec({"rl": {"env": "breakout", "gamma": 0.9}, **constant}).run_id != breakout.run_id
     with pytest.raises(ConfigError, match="rl.gamma"):
-        build_spec({"rl": {"env": "breakout", "gamma": 1.5}})
+        build_spec({"rl": {"env": "breakout", "gamma": 1.5}, **constant})

@@ -50,8 +50,10 @@ def test_float64_accumulated_update_equals_the_unsplit_one(micro_batch):
 
 
 def test_float32_accumulated_update_equals_the_unsplit_one():
+    """Up to float32 rounding in another summation order: 3e-8 (one ulp of the largest weight, 0.44) measured on an
+    AMD EPYC; 1e-5 absolute (about 300 ulps) leaves room for other CPUs' kernels. Exactness is the float64 test's."""
     batches = [batch(32, torch.float32, seed=s) for s in range(3)]
-    assert_close(run(batches, torch.float32), run(batches, torch.float32, micro_batch=5), atol=2e-6, rtol=1e-5)
+    assert_close(run(batches, torch.float32), run(batches, torch.float32, micro_batch=5), atol=1e-5)
 
 
 def test_sequence_of_unequal_micro_batches_is_weighted_by_size():

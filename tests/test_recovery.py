@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from samscale.fileio import is_temp_name
 from samscale.process import owner_tag
 from samscale.spec.study import Study
 from samscale.store import RunStore
@@ -137,16 +138,18 @@ def test_a_sweep_clears_the_leftovers_of_dead_processes_and_only_those(tiny_conf
     dead, live = owner_tag(_dead_pid()), owner_tag()
     elsewhere = f"owner-{_dead_pid()}-000000000000"  # a dead-looking pid of another host or namespace
     ckpts = target.parent
-    old_untagged = ckpts / f"{run_id}.ptk3j4h5.tmp"  # left by an older version, an hour ago
+    assert is_temp_name(left_by_kill.name, target.name) and "owner-" in left_by_kill.name  # fileio's, tagged
+    old_untagged = [ckpts / f"{run_id}.ptk3j4h5.tmp", ckpts / f".{run_id}.pt.k3j4h5.tmp"]  # older versions', an hour ago
     paths = {
-        "dead": [left_by_kill, ckpts / f"{run_id}.pt.{dead}.abc.tmp", old_untagged, work / f".report.new-{dead}-1a2b",
+        "dead": [left_by_kill, ckpts / f".{run_id}.pt.{dead}.abc.tmp", *old_untagged,
+                 work / f".study.yaml.{dead}.abc.tmp", work / f".report.new-{dead}-1a2b",
                  work / f".report.old-{dead}-1a2b-0", tmp_path / "tmp" / f"samscale-rendezvous-{dead}-xyz",
-                 tmp_path / "data" / "mnist" / f".train-images-idx3-ubyte.gz.{dead}.q1w2"],
-        "alive": [ckpts / f"{run_id}.pt.{live}.abc.tmp", ckpts / f"{run_id}.pt.{elsewhere}.abc.tmp",
-                  ckpts / f"{run_id}.ptfresh.tmp", work / f".report.new-{live}-1a2b",
-                  tmp_path / "tmp" / f"samscale-rendezvous-{live}-xyz",
+                 tmp_path / "data" / "mnist" / f".train-images-idx3-ubyte.gz.{dead}.q1w2.tmp"],
+        "alive": [ckpts / f".{run_id}.pt.{live}.abc.tmp", ckpts / f".{run_id}.pt.{elsewhere}.abc.tmp",
+                  ckpts / f"{run_id}.ptfresh.tmp", ckpts / f".{run_id}.pt.fresh.tmp", work / f".report.new-{live}-1a2b",
+                  work / f".study.yaml.{live}.abc.tmp", tmp_path / "tmp" / f"samscale-rendezvous-{live}-xyz",
                   tmp_path / "tmp" / f"samscale-rendezvous-{elsewhere}-xyz",
-                  tmp_path / "data" / "mnist" / f".train-images-idx3-ubyte.gz.{live}.q1w2"],
+                  tmp_path / "data" / "mnist" / f".train-images-idx3-ubyte.gz.{live}.q1w2.tmp"],
     }
     for path in paths["dead"][1:] + paths["alive"]:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +158,8 @@ def test_a_sweep_clears_the_leftovers_of_dead_processes_and_only_those(tiny_conf
         else:
             path.mkdir()
             (path / "store").write_text("x")
-    os.utime(old_untagged, (time.time() - 3600, time.time() - 3600))
+    for path in old_untagged:
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
     summary = sweep(study, work, SerialExecutor())
     assert summary.count("complete") == 1
     assert [path for path in paths["dead"] if path.exists()] == []

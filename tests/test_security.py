@@ -16,6 +16,7 @@ import torch
 
 from samscale.cli import main
 from samscale.data.cifar10 import read_cifar_batch
+from samscale.data.errors import UnreadableFile
 from samscale.data.safe_pickle import load_array_pickle
 from samscale.errors import ConfigError
 from samscale.spec.run import build_spec
@@ -129,7 +130,7 @@ def test_dataset_pickles_allow_arrays_and_refuse_everything_else(tmp_path, paylo
     assert np.array_equal(x.reshape(2, -1), images) and y.tolist() == [3, 5]
 
     path.write_bytes(pickle.dumps({b"data": crafted, b"labels": [0]}, protocol=2))
-    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+    with pytest.raises(UnreadableFile, match=f"{path}: not a CIFAR-10 batch: refusing to load"):
         read_cifar_batch(path)
     with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
         load_array_pickle(io.BytesIO(pickle.dumps(crafted, protocol=4)))

@@ -67,15 +67,34 @@ def test_budgets_and_errors(tmp_path, tiny_config):
         load_study(path).expand()
 
 
-def test_sweep_skips_finished_runs_and_isolates_failures(tiny_config, tmp_path):
+def test_sweep_skips_finished_runs_and_isolates_failures(tiny_config, tmp_path, monkeypatch):
     study = _study(tiny_config, epochs=1, seeds=(0,))
     first = sweep(study, tmp_path, SerialExecutor())
     assert first.count("complete") == 6 and first.skipped == 0
     again = sweep(study, tmp_path, SerialExecutor())
     assert again.skipped == 6 and again.outcomes == []
     broken = study.model_copy(update={"grid": {**study.grid, "data.train_subset": [100000000]}})
-    result = sweep(broken, tmp_path / "broken", SerialExecutor())
-    assert result.count("failed") + result.count("complete") == 6  # errors recorded, the sweep went on
+    with pytest.raises(ConfigError, match="train_subset=100000000 exceeds the 3872 training examples"):
+        sweep(broken, tmp_path / "broken", SerialExecutor())  # refused before any run starts
+    assert not (tmp_path / "broken").exists()
+
+    from samscale.sweep import executors
+
+    real = executors.train_run
+
+    def sam_fails(spec, **kwargs):  # a failure while training, of the SAM runs only
+        if spec.optim.name == "sam":
+            raise RuntimeError(f"boom in {spec.run_id}\nsecond line")
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(executors, "train_run", sam_fails)
+    other = study.model_copy(update={"name": "other"})
+    result = sweep(other.model_copy(update={"grid": {**study.grid, "train.seed": [1]}}), tmp_path / "other",
+                   SerialExecutor())
+    assert result.count("failed") == 4 and result.count("complete") == 2  # errors recorded, the sweep went on
+    frame = RunStore(store_path(tmp_path / "other")).runs_frame()
+    for _, run in frame[frame["status"] == "failed"].iterrows():  # each run keeps its own error
+        assert f"RuntimeError: boom in {run['run_id']}\nsecond line" in run["error"]
 
 
 def _sweep_command(study_path, workdir, executor="serial", workers=1):

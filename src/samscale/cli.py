@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from samscale.errors import ConfigError, UsageError
+from samscale.sweep.gpus import DEFAULT_RUNS_PER_GPU
 
 DEFAULT_WORKDIR = Path("runs")
 
@@ -26,17 +27,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     from samscale.spec.run import load_spec
     from samscale.store import RunStore
     from samscale.sweep.executors import execute_run
+    from samscale.sweep.preflight import preflight
     from samscale.train.checkpoint import resume_state
     from samscale.train.events import EpochEnded
+    from samscale.train.placement import check_process_count, launched_by_torchrun, torchrun_world
     from samscale.version import code_version
     from samscale.workdir import checkpoint_path, store_path
 
     _positive("--nproc", args.nproc)
-    spec = load_spec(args.config, args.set + ([f"runtime.nproc={args.nproc}"] if args.nproc else []))
+    _check_study_option(args.study)
+    nproc, rank = args.nproc, 0
+    if launched_by_torchrun():  # one of torchrun's ranks: the run has torchrun's world size
+        rank, world, _ = torchrun_world()
+        if nproc not in (None, world):
+            raise UsageError(f"--nproc {nproc} but torchrun started {world} processes; leave --nproc out")
+        nproc = world
+    spec = load_spec(args.config, args.set + ([f"runtime.nproc={nproc}"] if nproc else []))
     _positive("--threads", args.threads)
     _check_models([spec])
+    if not launched_by_torchrun():
+        check_process_count(spec.runtime.nproc, spec.runtime.device)
+    preflight([spec])  # device, dataset options, data files and split sizes, before the store is opened
     if checkpoint_path(args.workdir, spec.run_id).is_file():  # refuse a damaged, unsafe or foreign one before the store
         resume_state(checkpoint_path(args.workdir, spec.run_id))
+    if rank != 0:  # rank 0 alone claims and records the run; the others train their slices of it
+        return _train_other_rank(spec, args)
     store = RunStore(store_path(args.workdir))
     store.register(spec, study=args.study)
     status = store.status(spec.run_id)
@@ -55,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     outcome = execute_run(spec.model_dump_json(), str(store.path), str(args.workdir), args.threads, on_event=show)
     if outcome.status == "busy":
         print(f"run {spec.run_id} is being trained by another live process; nothing to do")
-        return 0
+        return 1 if launched_by_torchrun() else 0  # rank 0 under torchrun: torchrun then stops the other ranks
     if outcome.status == "lost":
         print(f"run {spec.run_id}: stopped, another process took it over ({outcome.error})", file=sys.stderr)
         return 1
@@ -67,10 +82,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if outcome.status == "complete" else 1
 
 
+def _train_other_rank(spec, args: argparse.Namespace) -> int:
+    """A rank > 0 under torchrun: train this process's slices unless the store already holds the run finished."""
+    from samscale.store import RunStore
+    from samscale.train.loop import train_run
+    from samscale.workdir import store_path
+
+    path = store_path(args.workdir)
+    if path.is_file() and RunStore(path).status(spec.run_id) in ("complete", "diverged"):
+        return 0
+    result = train_run(spec, workdir=args.workdir)
+    return 0 if result.status == "complete" else 1
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     """Print the table of runs in a work directory's store."""
     import pandas as pd
 
+    _check_study_option(args.study)
     store = _store(args.workdir)
     if args.study and args.study not in (studies := store.studies()):
         raise ConfigError(f"no study {args.study!r} in {store.path}; studies there: {', '.join(studies) or 'none'}")
@@ -81,7 +110,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.status:
         frame = frame[frame["status"] == args.status]
     columns = ["run_id", "status", "label", "n_params", "epochs_done", "epochs", "final_train_loss",
-               "final_val_acc", "final_test_acc", "code_version"]
+               "final_val_acc", "final_test_acc", "code_version", "device_name", "precision", "torch_version"]
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(frame[[c for c in columns if c in frame]].to_string(index=False))
     return 0
@@ -108,9 +137,21 @@ def _positive(option: str, value: int | float | None) -> None:
         raise UsageError(f"{option} must be a positive number, got {value}")
 
 
+def _check_study_option(study: str | None) -> None:
+    """Refuse a --study name that could not name a folder safely (traversal, separators, NUL, hidden names)."""
+    from samscale.names import check_name
+
+    if study is not None:
+        try:
+            check_name(study, "--study")
+        except ConfigError as err:
+            raise UsageError(str(err)) from None
+
+
 def _check_executor_options(args: argparse.Namespace) -> None:
-    """Refuse non-positive --workers, --threads and --gpus-per-run (0 GPUs, the default, means none)."""
-    for option in ("workers", "threads", "gpus_per_run"):
+    """Refuse non-positive --workers, --threads, --runs-per-gpu and --gpus-per-run (0 GPUs, the default: Ray none,
+    local pools one GPU per run when GPUs are present)."""
+    for option in ("workers", "threads", "gpus_per_run", "runs_per_gpu"):
         if option != "gpus_per_run" or getattr(args, option):
             _positive("--" + option.replace("_", "-"), getattr(args, option))
 
@@ -125,6 +166,19 @@ def _check_models(specs) -> None:
             family.arguments(spec.model.size, None, None, dict(spec.model.options))
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model.size / model.options of run {spec.label()}: {err}") from None
+
+
+def error_headline(error: str | None) -> str:
+    """The first line of a run's error: of a traceback, the first line of its (last) exception, e.g.
+    `ValueError: val_size=9 must be ...`, not the traceback's header nor the exception message's last line."""
+    lines = (error or "").strip().splitlines()
+    if not lines:
+        return "(no error recorded)"
+    if lines[0].startswith("Traceback (most recent call last)"):
+        frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+        after = lines[frames[-1] + 1:] if frames else lines[1:]
+        return next((line for line in after if line and not line[0].isspace()), lines[-1])
+    return lines[0]
 
 
 def _progress(todo, done: int, total: int):
@@ -144,7 +198,7 @@ def _progress(todo, done: int, total: int):
         bar.update(min(costs.get(outcome.run_id, scale) / scale, max(bar.total - bar.n, 0.0)))
         bar.set_postfix_str(f"{finished[0]}/{total} runs; {outcome.status}: {outcome.label}")
         if outcome.status == "failed":
-            bar.write(f"run {outcome.run_id} failed: {(outcome.error or '').strip().splitlines()[-1:]}")
+            bar.write(f"run {outcome.run_id} failed: {error_headline(outcome.error)}")
         elif outcome.status == "lost":
             bar.write(f"run {outcome.run_id} lost: {outcome.error}")
 
@@ -160,8 +214,8 @@ def run_sweep(study, workdir: Path, args: argparse.Namespace) -> int:
     other_versions = "rerun" if args.rerun_other_versions else "reuse" if args.reuse_other_versions else "refuse"
     _check_models(study.expand())  # every run is valid and buildable before the store is opened or created
     executor = make_executor(args.executor, workers=args.workers, threads=args.threads, address=args.address,
-                             gpus_per_run=args.gpus_per_run)
-    store, todo, decision = plan(study, workdir, other_versions)
+                             gpus_per_run=args.gpus_per_run, runs_per_gpu=args.runs_per_gpu)
+    store, todo, decision = plan(study, workdir, other_versions, check_here=getattr(executor, "runs_here", True))
     total = decision["total"]
     print(f"study {study.name!r}: {total} runs, {total - len(todo)} already finished; store {store.path}")
     if decision["message"]:
@@ -203,6 +257,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run one of the paper's experiments at a budget, or list them."""
+    from samscale.fileio import write_text
     from samscale.recipes import RECIPES, FunctionRecipe, check_data, get_recipe
 
     if args.list or not args.name:
@@ -230,7 +285,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 2
     if any(folder for folder, _ in studies):  # a combined recipe: one index over its members' reports
         index = out / "index.md"
-        index.write_text("".join(f"- [{p.parent.parent.name}]({p.relative_to(out)})\n" for p in reports))
+        write_text(index, "".join(f"- [{p.parent.parent.name}]({p.relative_to(out)})\n" for p in reports))
         print(f"index of reports: {index}")
     return status
 
@@ -286,10 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--executor", choices=("local", "serial", "ray", "ensemble"), default="local",
                        help="where runs train: a local process pool (default), this process, Ray, or ensemble "
                             "(runs differing only in seed and optimizer trained as one batched model)")
-        p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+        p.add_argument("--workers", type=int, default=None,
+                       help="local worker processes (default: one per core, or one per GPU slot on a GPU host)")
         p.add_argument("--threads", type=int, default=None, help="torch threads per worker / CPUs per Ray task")
         p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
-        p.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray: GPUs per run (fractions allowed)")
+        p.add_argument("--gpus-per-run", type=float, default=0.0,
+                       help="GPUs per run: Ray (fractions allowed; default none) and local pools (whole GPUs; "
+                            "default 1 on a GPU host, each worker sees only its own through CUDA_VISIBLE_DEVICES)")
+        p.add_argument("--runs-per-gpu", type=int, default=DEFAULT_RUNS_PER_GPU,
+                       help=f"local pools on a GPU host: runs sharing one GPU at a time (default {DEFAULT_RUNS_PER_GPU})")
         versions = p.add_mutually_exclusive_group()
         versions.add_argument("--reuse-other-versions", action="store_true",
                               help="keep finished runs that another code version produced (default: refuse)")

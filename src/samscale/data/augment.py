@@ -1,7 +1,9 @@
 """Batched image augmentation as tensor ops: pad, random crop back to size, random horizontal flip.
 
 The crop and the flip are two gathers (rows, then columns); a flipped example reads padded column
-left + W - 1 - j into output column j, so flipping costs nothing extra.
+left + W - 1 - j into output column j, so flipping costs nothing extra. The random offsets and flips are drawn on
+the (CPU) generator and reach a GPU batch in one non-blocking copy from pinned memory (`host_to_device`), so
+augmenting never waits for the GPU to finish its queued work.
 """
 from __future__ import annotations
 
@@ -13,6 +15,14 @@ from torch import Tensor
 from samscale.data.errors import ConfigError
 
 
+def host_to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """`tensor` (on the CPU) on `device`: on CUDA through pinned memory and a non-blocking copy (the host does not
+    wait for the device's queue; the caching host allocator keeps the pinned buffer until the copy ran)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def pad_crop_flip(x: Tensor, top: Tensor, left: Tensor, flip: Tensor, *, pad: int, fill: Tensor) -> Tensor:
     """Pad each (C, H, W) image by `pad` with per-channel `fill`, crop H x W at (top, left), mirror where `flip`.
 
@@ -20,7 +30,8 @@ def pad_crop_flip(x: Tensor, top: Tensor, left: Tensor, flip: Tensor, *, pad: in
     """
     batch, channels, height, width = x.shape
     padded = x.new_empty(batch, channels, height + 2 * pad, width + 2 * pad)
-    padded.copy_(fill.to(x).view(1, channels, 1, 1).expand_as(padded))
+    fill = fill if fill.device == x.device else host_to_device(fill, x.device)
+    padded.copy_(fill.to(x.dtype).view(1, channels, 1, 1).expand_as(padded))
     padded[:, :, pad : pad + height, pad : pad + width] = x
     rows = top.view(-1, 1) + torch.arange(height, device=x.device)
     cols = left.view(-1, 1) + torch.arange(width, device=x.device)
@@ -42,6 +53,7 @@ class PadCropFlip:
         self.pad = pad
         self.fill = torch.as_tensor(fill, dtype=torch.float32).flatten()
         self.flip = flip
+        self._fills: dict[tuple[torch.device, int], Tensor] = {}  # fill values per device and channel count
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Augment a batch (B, C, H, W); the offsets and flips are drawn from `generator`."""
@@ -50,14 +62,19 @@ class PadCropFlip:
         fill = self.fill.expand(x.shape[1]) if self.fill.numel() == 1 else self.fill
         if fill.numel() != x.shape[1]:
             raise ValueError(f"fill has {fill.numel()} channel values but the images have {x.shape[1]} channels")
+        key = (x.device, x.shape[1])
+        if key not in self._fills:  # copied to the device once
+            self._fills[key] = host_to_device(fill.contiguous(), x.device)
         batch = x.shape[0]
         offsets = torch.randint(0, 2 * self.pad + 1, (2, batch), generator=generator, device=generator.device)
         if self.flip:
             flips = torch.rand(batch, generator=generator, device=generator.device) < 0.5
         else:
             flips = torch.zeros(batch, dtype=torch.bool, device=generator.device)
-        offsets, flips = offsets.to(x.device), flips.to(x.device)
-        return pad_crop_flip(x, offsets[0], offsets[1], flips, pad=self.pad, fill=fill)
+        if generator.device != x.device:  # offsets and flips in one copy
+            drawn = host_to_device(torch.cat([offsets, flips.view(1, batch).long()]), x.device)
+            offsets, flips = drawn[:2], drawn[2].bool()
+        return pad_crop_flip(x, offsets[0], offsets[1], flips, pad=self.pad, fill=self._fills[key])
 
     def __repr__(self) -> str:
         return f"PadCropFlip(pad={self.pad}, fill={self.fill.tolist()}, flip={self.flip})"

@@ -7,6 +7,8 @@ uint8 N x 3072 in CHW order and b"labels") from the dataset directory, or from t
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -17,11 +19,13 @@ from torch import Tensor
 from samscale.data.augment import PadCropFlip
 from samscale.data.dataset import SourceDataset
 from samscale.data.download import fetch
+from samscale.data.errors import UnreadableFile
 from samscale.data.idx import ImageArrays
 from samscale.data.locate import Candidate, first_available, skipped
 from samscale.data.paths import dataset_dir
 from samscale.data.safe_pickle import load_array_pickle
 from samscale.data.split import Split
+from samscale.fileio import write_with
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -32,17 +36,58 @@ TEST_BATCH = "test_batch"
 
 
 def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """One pickle batch as images (N, 3, 32, 32) uint8 and labels (N,) int64."""
-    with open(path, "rb") as handle:
-        batch = load_array_pickle(handle, encoding="bytes")
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels'")
-    data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
-        raise ValueError(f"{path}: expected uint8 data (N, 3072) and N labels, got {data.dtype} {data.shape}, "
-                         f"{len(labels)} labels")
-    return data.reshape(-1, 3, 32, 32), labels
+    """One pickle batch as images (N, 3, 32, 32) uint8 and labels (N,) int64.
+
+    The batch must have the official plain structure: a dict of bytes (or str) keys holding a uint8 array
+    `data` (N, 3072), a list of N int `labels` in 0..9, and otherwise only bytes, strings, ints and
+    lists of them. Anything else, damaged or crafted, raises `UnreadableFile` naming the file and the problem.
+    """
+    try:
+        with open(path, "rb") as handle:
+            batch = load_array_pickle(handle, encoding="bytes")
+    except pickle.UnpicklingError as err:
+        raise UnreadableFile(f"{path}: not a CIFAR-10 batch: {err}") from None
+    problem = _batch_problem(batch)
+    if problem:
+        raise UnreadableFile(f"{path}: not a CIFAR-10 batch: {problem}")
+    data, labels = _entry(batch, "data"), _entry(batch, "labels")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+def _entry(batch: dict, key: str):
+    return batch[key.encode()] if key.encode() in batch else batch[key]
+
+
+def _plain(value, depth: int = 0) -> bool:
+    """Bytes, text, ints, uint8 arrays, or lists of them (the values of an official batch)."""
+    if isinstance(value, (bytes, str)) or (isinstance(value, int) and not isinstance(value, bool)):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.dtype == np.uint8
+    return isinstance(value, list) and depth < 1 and all(_plain(item, depth + 1) for item in value)
+
+
+def _batch_problem(batch) -> str | None:
+    """What keeps `batch` from being an official CIFAR-10 batch, or None."""
+    if not isinstance(batch, dict):
+        return f"expected a dict, got a {type(batch).__name__}"
+    if bad := [key for key in batch if not isinstance(key, (bytes, str))]:
+        return f"keys must be bytes or text, got {bad[:3]!r}"
+    if bad := sorted(repr(key) for key, value in batch.items() if not _plain(value)):
+        return f"entries {', '.join(bad[:3])} hold values other than bytes, text, ints, uint8 arrays and lists"
+    missing = [key for key in ("data", "labels") if key.encode() not in batch and key not in batch]
+    if missing:
+        return f"missing entries {missing}"
+    data, labels = _entry(batch, "data"), _entry(batch, "labels")
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        shape = data.shape if isinstance(data, np.ndarray) else type(data).__name__
+        return f"expected data as a uint8 array (N, 3072), got {shape}"
+    if not isinstance(labels, list) or not all(isinstance(label, int) for label in labels):
+        return "expected labels as a list of ints"
+    if len(labels) != len(data) or any(not 0 <= label < 10 for label in labels):
+        return f"expected {len(data)} labels in 0..9, got {len(labels)} ranging {min(labels, default=None)}.." \
+               f"{max(labels, default=None)}"
+    return None
 
 
 def find_batches_dir(directory: str | os.PathLike[str]) -> Path:
@@ -81,16 +126,17 @@ def _download(directory: Path) -> ImageArrays:
 
 
 def _extract_within(tar: tarfile.TarFile, directory: Path) -> None:
-    """Extract regular files and folders only, refusing any member that would land outside `directory`."""
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(directory, filter="data")
-        return
-    base = directory.resolve()
+    """Extract the batch files (regular files named `cifar-10-batches-py/NAME` for the six batches) atomically;
+    any other member is skipped, so nothing can land outside `directory` or replace a file by a link."""
+    wanted = {f"{BATCHES_DIR}/{name}" for name in (*TRAIN_BATCHES, TEST_BATCH)}
+    found = set()
     for member in tar.getmembers():
-        target = (directory / member.name).resolve()
-        if not (member.isfile() or member.isdir()) or base not in (target, *target.parents):
-            raise ValueError(f"refusing to extract {member.name!r} from {tar.name}")
-    tar.extractall(directory)
+        if member.name in wanted and member.isfile():
+            source = tar.extractfile(member)
+            write_with(directory / member.name, lambda out: shutil.copyfileobj(source, out))
+            found.add(member.name)
+    if missing := sorted(wanted - found):
+        raise UnreadableFile(f"{tar.name} lacks the regular files {missing}")
 
 
 def build_cifar10(*, root: str | None, download: bool, augment: bool) -> SourceDataset:

@@ -1,6 +1,14 @@
 """Errors raised while locating, verifying and preparing datasets."""
 from __future__ import annotations
 
+import contextlib
+import csv
+import gzip
+import struct
+import zipfile
+import zlib
+from typing import Iterator
+
 from samscale.errors import ConfigError
 
 
@@ -10,6 +18,26 @@ class DatasetUnavailable(FileNotFoundError):
 
 class ChecksumMismatch(ValueError):
     """A file's digest differs from the published one (corrupt, truncated or a different version)."""
+
+
+class UnreadableFile(ConfigError):
+    """A dataset file that is damaged or crafted (not the format it should be); it is refused with what was wrong."""
+
+
+#: What the standard parsers raise on damaged input, besides the ValueErrors that already say what was wrong.
+_PARSE_ERRORS = (gzip.BadGzipFile, zlib.error, csv.Error, struct.error, zipfile.BadZipFile, EOFError, UnicodeError,
+                 OverflowError, MemoryError)
+
+
+@contextlib.contextmanager
+def reading(path: object, expected: str) -> Iterator[None]:
+    """Turn a parser's low-level error on a damaged file (a corrupt gzip stream, a torn CSV, a short header) into
+    `UnreadableFile` naming the file and what it should have been."""
+    try:
+        yield
+    except _PARSE_ERRORS as err:
+        detail = f": {str(err).splitlines()[0]}" if str(err).strip() else ""
+        raise UnreadableFile(f"{path}: not {expected} ({type(err).__name__}{detail})") from None
 
 
 class DownloadFailed(OSError):
@@ -23,4 +51,5 @@ class UnknownDataset(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-__all__ = ["ChecksumMismatch", "ConfigError", "DatasetUnavailable", "DownloadFailed", "UnknownDataset"]
+__all__ = ["ChecksumMismatch", "ConfigError", "DatasetUnavailable", "DownloadFailed", "UnknownDataset",
+           "UnreadableFile"]

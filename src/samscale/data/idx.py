@@ -6,6 +6,7 @@ Files may be gzip-compressed; compression is detected from the content, not the 
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import struct
 from pathlib import Path
@@ -13,8 +14,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from samscale.data.errors import UnreadableFile, reading
+
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _GZIP_MAGIC = b"\x1f\x8b"
+MAX_BYTES = 1 << 30
+"""The most a gzip-compressed IDX file may decompress to (MNIST-style datasets hold under 100 MB), against bombs."""
 
 #: The four files of an MNIST-style dataset, by role, as published (gzip) names without the '.gz'.
 IDX_FILES = {
@@ -30,14 +35,20 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     with open(path, "rb") as handle:
         raw = handle.read()
     if raw[:2] == _GZIP_MAGIC:
-        raw = gzip.decompress(raw)
+        with reading(path, "a gzip-compressed IDX file"), gzip.GzipFile(fileobj=io.BytesIO(raw)) as packed:
+            raw = packed.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise UnreadableFile(f"{path}: decompresses to more than {MAX_BYTES} bytes; not an IDX file of a dataset")
     if len(raw) < 4 or raw[:2] != b"\x00\x00":
         raise ValueError(f"{path}: not an IDX file (header {raw[:4].hex()!r}; expected 0000 <type> <ndim>)")
     type_code, ndim = raw[2], raw[3]
     if type_code not in _TYPES:
         raise ValueError(f"{path}: unknown IDX type code {type_code:#04x}; valid: {sorted(hex(c) for c in _TYPES)}")
     header_end = 4 + 4 * ndim
-    shape = struct.unpack(f">{ndim}i", raw[4:header_end])
+    if len(raw) < header_end:
+        raise UnreadableFile(f"{path}: the IDX header promises {ndim} dimensions but the file ends after {len(raw)} "
+                             "bytes")
+    shape = struct.unpack(f">{ndim}I", raw[4:header_end])
     dtype = np.dtype(_TYPES[type_code])
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     held = len(raw) - header_end

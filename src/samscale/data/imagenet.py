@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -141,8 +142,14 @@ class ImageFolderSplit:
 class ImageFolderLoader:
     """Yields decoded (x, y) batches of an ImageFolderSplit; same protocol and length rule as TensorLoader.
 
-    All randomness (order, crops, flips) is drawn from `generator` in the main thread, so results do not depend
-    on `num_workers` (threads decoding images in parallel; Pillow releases the GIL while decoding).
+    Feeding a GPU: `num_workers` threads decode images in parallel (Pillow releases the GIL while it decodes and
+    resizes), the next `prefetch` batches are decoded while the current one trains, and with `pin_memory` each batch
+    lands in pinned memory, so its copy to the GPU can be non-blocking. With `shard=(rank, world_size)` (one
+    process of a data-parallel run) each batch's images outside `rank_slice(rank)` are not decoded: x holds only
+    this process's slice of the batch, y the whole batch's labels.
+
+    All randomness (order, crops, flips) is drawn from `generator` in the main thread, for the whole batch, so
+    results depend neither on `num_workers` and `prefetch` nor, slice by slice, on `shard`.
     """
 
     def __init__(
@@ -154,35 +161,75 @@ class ImageFolderLoader:
         generator: torch.Generator | None = None,
         drop_last: bool = False,
         num_workers: int = 0,
+        prefetch: int = 2,
+        pin_memory: bool = False,
+        shard: tuple[int, int] | None = None,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        for name, value in (("num_workers", num_workers), ("prefetch", prefetch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+            raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = generator
         self.drop_last = drop_last
         self.num_workers = num_workers
+        self.prefetch = prefetch
+        self.pin_memory = pin_memory
+        self.shard = shard
 
     def __len__(self) -> int:
         n = len(self.split)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        generator = self.generator or torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+    def _plan(self, generator: torch.Generator) -> Iterator[tuple[list[tuple[int, Tensor]], Tensor]]:
+        """(decode jobs of this process, labels of the whole batch) per batch; all random draws happen here."""
         n = len(self.split)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        pool = ThreadPoolExecutor(self.num_workers) if self.num_workers > 0 else None
+        for batch in range(len(self)):
+            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            uniforms = torch.rand(len(index), 4 * CROP_ATTEMPTS + 1, generator=generator)
+            jobs = list(zip(index.tolist(), uniforms))
+            if self.shard is not None:
+                size = -(-len(index) // self.shard[1])  # rank_slice of samscale.optim.sync
+                jobs = jobs[self.shard[0] * size : (self.shard[0] + 1) * size]
+            yield jobs, self.split.y[index]
+
+    def _collate(self, images: list[Tensor]) -> Tensor:
+        if not images:
+            return torch.empty(0, 3, self.split.image_size, self.split.image_size)
+        if not self.pin_memory:
+            return torch.stack(images)
+        out = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype).pin_memory()
+        return torch.stack(images, out=out)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        generator = self.generator or torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+        plan = self._plan(generator)
+        if self.num_workers == 0:
+            for jobs, y in plan:
+                yield self._collate([self.split.load(*job) for job in jobs]), y
+            return
+        pool = ThreadPoolExecutor(self.num_workers)
+        pending: deque = deque()
         try:
-            for batch in range(len(self)):
-                index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
-                uniforms = torch.rand(len(index), 4 * CROP_ATTEMPTS + 1, generator=generator)
-                jobs = list(zip(index.tolist(), uniforms))
-                images = (pool.map if pool else map)(lambda job: self.split.load(*job), jobs)
-                yield torch.stack(list(images)), self.split.y[index]
+            for jobs, y in plan:  # keep `prefetch` batches decoding ahead of the one handed out
+                pending.append(([pool.submit(self.split.load, *job) for job in jobs], y))
+                if len(pending) > self.prefetch:
+                    futures, labels = pending.popleft()
+                    yield self._collate([f.result() for f in futures]), labels
+            while pending:
+                futures, labels = pending.popleft()
+                yield self._collate([f.result() for f in futures]), labels
         finally:
-            if pool is not None:
-                pool.shutdown()
+            for futures, _ in pending:
+                for future in futures:
+                    future.cancel()
+            pool.shutdown(wait=True)
 
 
 def build_imagenet(

@@ -74,14 +74,19 @@ def make_loader(
     generator: torch.Generator | None = None,
     augment: Augmentation | None = None,
     drop_last: bool = False,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> TensorLoader | ImageFolderLoader:
     """A batch iterator for any split: TensorLoader for in-memory splits, ImageFolderLoader for image folders.
 
     Image-folder splits carry their own (per-image) augmentation, selected by `split.training`; `augment` must
-    then be None.
+    then be None. `num_workers` (decoding threads), `pin_memory` and `shard` (decode only one process's slice of
+    each batch) concern image folders only; in-memory splits already sit on the device.
     """
     if isinstance(split, ImageFolderSplit):
         if augment is not None:
             raise ValueError("image-folder splits augment per image (split.training); pass augment=None")
-        return ImageFolderLoader(split, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+        return ImageFolderLoader(split, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+                                 num_workers=num_workers, pin_memory=pin_memory, shard=shard)
     return TensorLoader(split, batch_size, shuffle=shuffle, generator=generator, augment=augment, drop_last=drop_last)

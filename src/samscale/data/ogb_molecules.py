@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from samscale.data.dataset import SourceDataset
-from samscale.data.errors import ConfigError
+from samscale.data.errors import ConfigError, reading
 from samscale.data.locate import Candidate, first_available, skipped
 from samscale.data.molecules import ATOM_FEATURES, mol_to_graph, pack_graphs, rdkit_chem
 from samscale.data.options import non_negative_int
@@ -83,7 +83,7 @@ def read_molecule_table(path: str | Path) -> tuple[list[str], np.ndarray, list[s
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "no such file", str(path))
-    with gzip.open(path, "rt", newline="") as handle:
+    with reading(path, "a gzip-compressed CSV table"), gzip.open(path, "rt", newline="") as handle:
         reader = csv.reader(io.StringIO(handle.read()))
         header = next(reader, None)
         if header is None or "smiles" not in header:
@@ -107,7 +107,7 @@ def read_split_index(path: str | Path, size: int) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "no such file", str(path))
-    with gzip.open(path, "rt") as handle:
+    with reading(path, "a gzip-compressed list of row indices"), gzip.open(path, "rt") as handle:
         lines = [line.strip() for line in handle]
     try:
         index = np.array([int(line) for line in lines if line], dtype=np.int64)

@@ -30,15 +30,21 @@ def partition_indices(
     The validation split is the first `val_size` entries of the permutation; the training split is the rest, or
     only the next `train_subset` of them when given (so smaller subsets are nested in larger ones for one seed).
     """
-    n_val = validation_count(val_size, n)
+    n_val = check_partition(n, val_size=val_size, train_subset=train_subset)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    rest = order[n_val:]
+    rest = order[n_val:] if train_subset is None else order[n_val:n_val + train_subset]
+    return rest.sort().values, order[:n_val].sort().values
+
+
+def check_partition(n: int, *, val_size: int | float, train_subset: int | None = None) -> int:
+    """The validation count for `n` training examples, after checking that `val_size` and `train_subset` fit them
+    (ConfigError naming the value and the sizes otherwise); cheap, so a sweep checks every run before it starts."""
+    n_val = validation_count(val_size, n)
     if train_subset is not None:
         if isinstance(train_subset, bool) or not isinstance(train_subset, numbers.Integral) or train_subset < 1:
             raise ConfigError(f"train_subset must be a positive integer or None, got {train_subset!r}")
-        if train_subset > len(rest):
+        if train_subset > n - n_val:
             raise ConfigError(
-                f"train_subset={train_subset} exceeds the {len(rest)} training examples left after validation"
+                f"train_subset={train_subset} exceeds the {n - n_val} training examples left after validation"
             )
-        rest = rest[:train_subset]
-    return rest.sort().values, order[:n_val].sort().values
+    return n_val

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from samscale.data.dataset import SourceDataset
+from samscale.data.errors import reading
 from samscale.data.locate import Candidate, first_available
 from samscale.data.options import non_negative_int, positive_int
 from samscale.data.paths import dataset_dir
@@ -41,11 +42,14 @@ def read_sst2_tsv(path: str | Path) -> tuple[list[list[str]], list[int]]:
     if not reader.fieldnames or not {"sentence", "label"} <= set(reader.fieldnames):
         raise ValueError(f"{path}: expected columns 'sentence' and 'label', got {reader.fieldnames}")
     sentences, labels = [], []
-    for line, row in enumerate(reader, start=2):
-        if row["label"] not in ("0", "1"):
-            raise ValueError(f"{path}: line {line}: label must be 0 or 1, got {row['label']!r}")
-        sentences.append(row["sentence"].split())
-        labels.append(int(row["label"]))
+    with reading(path, "a GLUE SST-2 TSV file"):
+        for line, row in enumerate(reader, start=2):
+            if row["label"] not in ("0", "1"):
+                raise ValueError(f"{path}: line {line}: label must be 0 or 1, got {row['label']!r}")
+            if row["sentence"] is None:
+                raise ValueError(f"{path}: line {line}: no sentence")
+            sentences.append(row["sentence"].split())
+            labels.append(int(row["label"]))
     return sentences, labels
 
 

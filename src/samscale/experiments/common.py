@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import torch
 
 from samscale.errors import ConfigError
+from samscale.fileio import write_text
 
 Progress = Callable[[str], None]
 B = TypeVar("B")
@@ -46,9 +47,7 @@ def json_safe(value: Any) -> Any:
 
 def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
     """Write `payload` as strict, indented JSON (see `json_safe`) and return the path."""
-    path = Path(path)
-    path.write_text(json.dumps(json_safe(dict(payload)), indent=1, allow_nan=False), encoding="utf-8")
-    return path
+    return write_text(path, json.dumps(json_safe(dict(payload)), indent=1, allow_nan=False))
 
 
 def standard_header(name: str, budget: str, description: str, out: Path, seconds: float) -> dict[str, str]:

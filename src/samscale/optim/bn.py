@@ -20,14 +20,29 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
     including ``momentum=None`` (cumulative average): no buffer is written and no batch is counted. Setting
     momentum to 0 instead would still count batches and break the cumulative average.
     """
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    for layer in layers:
-        layer.track_running_stats = False
+    layers = freeze_bn_stats(model)
     try:
         yield
     finally:
-        for layer in layers:
-            layer.track_running_stats = True
+        release_bn_stats(layers)
+
+
+def freeze_bn_stats(model: nn.Module) -> list[_BatchNorm]:
+    """``frozen_bn_stats`` without the block: freeze now, and return the layers to pass to ``release_bn_stats``.
+
+    For code that cannot wrap the perturbed pass in a ``with`` (``SAM(..., model=...)`` freezes in ``first_step``
+    and releases when it restores the weights). Layers already frozen are not returned, so nesting is harmless.
+    """
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    for layer in layers:
+        layer.track_running_stats = False
+    return layers
+
+
+def release_bn_stats(layers: list[_BatchNorm]) -> None:
+    """Let the layers that ``freeze_bn_stats`` froze track their running statistics again."""
+    for layer in layers:
+        layer.track_running_stats = True
 
 
 def tracking_batch_norms(model: nn.Module) -> list[_BatchNorm]:

@@ -28,6 +28,7 @@ def sam_update(
     micro_batch: int | None = None,
     scaler: GradScaler | None = None,
     sync: GradientSync | None = None,
+    share: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Clean pass, ascent, perturbed pass, exact restore and base step; returns the clean mean loss and outputs.
 
@@ -47,6 +48,8 @@ def sam_update(
       and base optimizer state as before the call, ``.grad`` cleared) and the scaler is updated once.
     * ``sync``: a ``GradientSync`` when this process holds its slice of a batch split over several processes;
       ``sync.mode`` picks global SAM (clean gradients averaged before the ascent) or per-device SAM.
+      ``share`` is this process's fraction of the batch's examples when the caller knows it (it saves one
+      all-reduce and one device-to-host read per step); by default it is measured with ``sync.share``.
 
     BatchNorm: perturbed passes never touch running statistics. When the clean gradient takes several pieces
     (chunks, micro-batches, processes) each piece normalizes with its own batch statistics and the running
@@ -67,7 +70,8 @@ def sam_update(
     groups = _perturbation_groups(pieces, _positive("m", m), merge_single=has_bn)
     amp = scaler is not None and scaler.is_enabled()
     device = pieces[0][0].device
-    share = sync.share(n, device) if sync is not None else 1.0
+    if share is None:
+        share = sync.share(n, device) if sync is not None else 1.0
     params = [p for group in optimizer.param_groups for p in group["params"]]
     merge = sum(len(group) for group in groups) > 1  # several clean passes: one merged BatchNorm update
     bn = MergedBatchStats(model) if has_bn and (merge or amp) else None

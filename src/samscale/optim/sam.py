@@ -12,9 +12,11 @@ from numbers import Real
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.amp import GradScaler
 from torch.optim import Optimizer
+
+from samscale.optim.bn import freeze_bn_stats, release_bn_stats
 
 # Keys SAM keeps in every parameter group (shared with the base optimizer, so they must not collide with its keys).
 _GROUP_KEYS = ("rho", "adaptive", "eta")
@@ -45,6 +47,14 @@ class SAM(Optimizer):
     driven by ``sam_update`` (which also keeps BatchNorm statistics out of the perturbed pass). Mixed precision:
     pass the ``torch.amp.GradScaler`` to ``first_step`` and ``second_step`` (or to ``sam_update``); ε is then taken
     from the unscaled gradient and an inf/NaN in either pass skips the update with the weights restored.
+
+    BatchNorm: the perturbed pass must not move running statistics (evaluation would otherwise use statistics of
+    w + ε). With ``model=`` (the module whose parameters these are), SAM sees to it on every path: from
+    ``first_step`` until the weights are restored (``second_step``, ``restore``, ``skip_update``, or the end of
+    ``step(closure)``) the model's BatchNorm layers normalize with batch statistics but write no running statistic
+    (``freeze_bn_stats``), so a framework that calls ``step(closure)`` (PyTorch Lightning) or a hand-written loop
+    needs no other code. Without ``model`` that is the caller's job: run the perturbed forward pass inside
+    ``with frozen_bn_stats(model):``, or use ``sam_update``, which does it.
     """
 
     def __init__(
@@ -56,9 +66,14 @@ class SAM(Optimizer):
         adaptive: bool = False,
         eta: float = 0.0,
         norm_eps: float = 1e-12,
+        *,
+        model: nn.Module | None = None,
         **base_kwargs: Any,
     ) -> None:
         _check_base_optimizer(base_optimizer_cls, base_kwargs)
+        if model is not None and not isinstance(model, nn.Module):
+            raise ValueError(f"SAM's model must be the torch.nn.Module being trained (or None), got {model!r}")
+        self.model = model
         self.normalize = _check_flag("normalize", normalize)
         self.norm_eps = _check_nonnegative("norm_eps", norm_eps)
         super().__init__(params, {"rho": rho, "adaptive": adaptive, "eta": eta})
@@ -74,6 +89,8 @@ class SAM(Optimizer):
         self._perturbed: tuple[list[Tensor], list[Tensor]] | None = None
         self._skipped = False  # first_step found an inf/NaN under a GradScaler: second_step drops the update
         self._amp_holders: list[_GradHolder] = []  # keys of the scaler's records of this update's clean passes
+        self._frozen_bn: list[nn.Module] = []  # BatchNorm layers frozen from first_step until the weights are restored
+        self._restored = False  # restore() ended a perturbation: .grad may hold the SAM gradient for step()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to SAM and its base optimizer at once, filling SAM's and the base's defaults."""
@@ -96,10 +113,13 @@ class SAM(Optimizer):
 
         With a ``scaler`` (mixed precision) ``.grad`` holds scaled gradients: they are unscaled first, so ε comes
         from the true gradient. If they hold an inf or NaN the weights are not moved, the update is marked skipped
-        (``second_step`` then discards it and backs the scale off) and False is returned; otherwise True.
+        (``second_step`` then discards it and backs the scale off) and False is returned; otherwise True. Given a
+        ``model`` at construction, its BatchNorm running statistics are frozen from here until the weights are
+        restored (also for a skipped update, whose second pass must not count either).
         """
         if self._perturbed is not None or self._skipped:
             raise RuntimeError("first_step() called twice: call restore() or second_step() before perturbing again")
+        self._restored = False
         groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
         groups = [(g, ps) for g, ps in groups if ps]
         if not groups:
@@ -112,6 +132,7 @@ class SAM(Optimizer):
         if amp:
             if not bool(torch.isfinite(norm)):
                 self._skipped = True
+                self._freeze_bn()
                 if zero_grad:
                     self.zero_grad(set_to_none=True)
                 return False
@@ -128,6 +149,8 @@ class SAM(Optimizer):
                 p.data = w_plus_eps
             all_params += params
         self._perturbed = (all_params, all_saved)
+        _forget_autocast_casts()
+        self._freeze_bn()
         if zero_grad:
             self.zero_grad(set_to_none=True)
         return True
@@ -138,6 +161,7 @@ class SAM(Optimizer):
 
         ``first_step`` writes w + ε into a spare buffer and swaps it in as each parameter's data, keeping w's own
         storage aside, so restoring is a swap back: no copy either way. The spare buffer is reused every step.
+        BatchNorm layers frozen by ``first_step`` (given a ``model``) track their statistics again.
         """
         if self._perturbed is None:
             raise RuntimeError("restore() needs a preceding first_step(): the weights are not perturbed")
@@ -145,6 +169,9 @@ class SAM(Optimizer):
         for p, w in zip(params, saved):
             p.data = w
         self._perturbed = None
+        _forget_autocast_casts()
+        self._restored = True
+        self._release_bn()
 
     def second_step(self, zero_grad: bool = False, *, scaler: GradScaler | None = None) -> None:
         """Restore w and let the base optimizer step with the gradient now in ``.grad`` (the SAM gradient).
@@ -160,13 +187,19 @@ class SAM(Optimizer):
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
-    def skip_update(self, scaler: GradScaler | None = None) -> None:
+    def skip_update(self, scaler: GradScaler | None = None, *, zero_grad: bool = True) -> None:
         """Drop this update: weights restored if perturbed, gradients cleared, base optimizer state untouched, and
-        the scaler (if any) told about the overflow so that it backs its scale off."""
+        the scaler (if any) told about the overflow so that it backs its scale off.
+
+        ``zero_grad=False`` keeps ``.grad`` as it is, for a caller whose own scaler step must still see the
+        overflowing gradient (a framework that calls ``scaler.step`` after the passes).
+        """
         if self._perturbed is not None:
             self.restore()
-        self._skipped = False
-        self.zero_grad(set_to_none=True)
+        self._release_bn()
+        self._skipped = self._restored = False
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():
             _record_overflow(scaler, self._amp_holders, self.param_groups[0]["params"][0].device)
             scaler.update()
@@ -191,19 +224,36 @@ class SAM(Optimizer):
             self._amp_holders.clear()
         else:
             self.base_optimizer.step()
+        self._restored = False
         # torch's LR schedulers check this flag (set by a call to .step()) to warn about call order; the update
         # happened here, so a scheduler attached to this object must not warn.
         self._opt_called = True
         return stepped
 
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
         """Full SAM update; ``closure`` computes the mini-batch loss and calls backward (called twice, grads zeroed).
 
-        Returns the loss of the clean (first) call. BatchNorm statistics are the closure's business: wrap the
-        perturbed call in ``frozen_bn_stats`` or use ``sam_update``, which does both passes correctly.
+        Returns the loss of the clean (first) call. Given a ``model`` at construction, the second (perturbed) call
+        leaves its BatchNorm running statistics untouched; without one, that is the closure's business (wrap the
+        perturbed call in ``frozen_bn_stats``, or use ``sam_update``, which does both passes correctly).
+
+        Without a closure, ``step()`` finishes an update whose two passes the caller already ran, for frameworks that
+        call ``optimizer.step()`` themselves (Hugging Face Trainer, Accelerate): after ``first_step`` and the
+        perturbed backward it is ``second_step()``; after the weights were already restored (``restore()``) it is
+        the base step on the SAM gradient in ``.grad``. Anywhere else it raises, rather than silently taking a plain
+        base-optimizer step.
         """
         if closure is None:
-            raise ValueError("SAM.step needs a closure that computes the loss and calls backward(); got None")
+            if self._perturbed is not None or self._skipped:
+                self.second_step()
+            elif self._restored:
+                self.base_step()
+            else:
+                raise ValueError(
+                    "SAM.step needs a closure that computes the loss and calls backward(), or, without one, a "
+                    "preceding first_step() and backward pass at w + ε; got neither"
+                )
+            return None
         closure = torch.enable_grad()(closure)
         self.zero_grad(set_to_none=True)
         loss = closure()
@@ -212,6 +262,7 @@ class SAM(Optimizer):
             closure()
         except BaseException:
             self.restore()  # never leave the model at w + ε
+            self._restored = False
             raise
         self.second_step()
         return loss
@@ -247,6 +298,14 @@ class SAM(Optimizer):
         self._amp_holders.append(holder)
         scaler.unscale_(holder)
 
+    def _freeze_bn(self) -> None:
+        if self.model is not None:
+            self._frozen_bn += freeze_bn_stats(self.model)
+
+    def _release_bn(self) -> None:
+        release_bn_stats(self._frozen_bn)
+        self._frozen_bn = []
+
     def _spare_buffers(self, params: list[Tensor]) -> list[Tensor]:
         """The persistent buffers that hold w + ε while perturbed (allocated once, reused every step)."""
         buffers = []
@@ -276,6 +335,18 @@ def _record_overflow(scaler: GradScaler, holders: list[_GradHolder], device: tor
     holder = _GradHolder([probe])
     holders.append(holder)
     scaler.unscale_(holder)
+
+
+def _forget_autocast_casts() -> None:
+    """Drop autocast's cached low-precision copies of the weights after their data was swapped.
+
+    Inside one ``torch.autocast`` region, autocast casts each float32 leaf weight once and reuses the copy for every
+    later forward pass of the region, keyed by the parameter, not by its data. A SAM update run entirely inside one
+    region (``with torch.autocast(...): sam_update(...)``, or a framework's training step that wraps the whole
+    update) would then take its perturbed pass at the cached w instead of w + ε, and silently be a plain gradient
+    step. Clearing the cache whenever the weights move makes the next pass cast the weights it actually has.
+    """
+    torch.clear_autocast_cache()
 
 
 def _ascent_directions(params: list[Tensor], adaptive: bool, eta: float) -> tuple[list[Tensor], list[Tensor]]:

@@ -55,9 +55,10 @@ class GradientSync:
         """This process's fraction of the examples of the current step, summed over the group (one all-reduce)."""
         total = torch.tensor([float(local_examples)], dtype=torch.float64, device=device)
         dist.all_reduce(total, group=self.group)
-        if total.item() <= 0:
+        examples = total.item()  # one device-to-host read
+        if examples <= 0:
             raise ValueError("no process of the group holds an example of this step")
-        return local_examples / total.item()
+        return local_examples / examples
 
     @torch.no_grad()
     def average_(self, tensors: list[Tensor], share: float) -> None:

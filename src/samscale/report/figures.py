@@ -17,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from samscale.fileio import write_with
+from samscale.names import check_name
 from samscale.selection.select import ARMS, SelectionRule, analysis_names
 from samscale.spec.metric import Metric
 
@@ -108,11 +110,12 @@ def build_plots(
 def save_plot(plot: Plot, directory: str | Path) -> tuple[Path, Path]:
     """Write the figure as `<name>.png` and `<name>.svg` (no timestamps, fixed SVG ids) and return both paths."""
     directory = Path(directory)
+    check_name(plot.name, "figure name")  # names can come from the run store; they never leave `directory`
     directory.mkdir(parents=True, exist_ok=True)
     png, svg = directory / f"{plot.name}.png", directory / f"{plot.name}.svg"
     with matplotlib.rc_context({**_SAVE_RC, "svg.hashsalt": f"samscale-{plot.name}"}):  # ids unique per figure
-        plot.figure.savefig(png, format="png", dpi=DPI, metadata={"Software": None})
-        plot.figure.savefig(svg, format="svg", metadata={"Date": None})
+        write_with(png, lambda out: plot.figure.savefig(out, format="png", dpi=DPI, metadata={"Software": None}))
+        write_with(svg, lambda out: plot.figure.savefig(out, format="svg", metadata={"Date": None}))
     return png, svg
 
 

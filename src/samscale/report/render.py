@@ -14,6 +14,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from samscale.fileio import write_csv, write_text
 from samscale.report.columns import readable
 from samscale.report.figures import Plot, build_plots, epoch_label, save_plot, with_paper
 from samscale.report.tables import html_table, markdown_table
@@ -89,10 +90,9 @@ def write_report(
     else:
         selected, summary, plots = pd.DataFrame(), pd.DataFrame(), []
     trend = trend_table(summary, rule)
-    frame.to_csv(out / "runs.csv", index=False)
-    selected.to_csv(out / "selected.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
-    (out / "trend.json").write_text(json.dumps(trend, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    for name, table in (("runs.csv", frame), ("selected.csv", selected), ("summary.csv", summary)):
+        write_csv(out / name, table)
+    write_text(out / "trend.json", json.dumps(trend, indent=2, allow_nan=False) + "\n")
     for stale in [*(out / FIGURE_DIR).glob("*.png"), *(out / FIGURE_DIR).glob("*.svg")]:
         stale.unlink()  # a rebuilt report shows only the figures its data supports now
     figures = [_Figure(plot, *save_plot(plot, out / FIGURE_DIR)) for plot in plots]
@@ -103,10 +103,8 @@ def write_report(
     results = readable(_results(summary, rule, paper), rule) if len(summary) else pd.DataFrame()
     context = dict(title=title, header=header, notes=list(notes), figures=figures, message=message,
                    results=results, progress=readable(status_table(frame, rule), rule), rule=rule)
-    (out / "report.md").write_text(_markdown(**context), encoding="utf-8")
-    page = out / "report.html"
-    page.write_text(_html(**context), encoding="utf-8")
-    return page
+    write_text(out / "report.md", _markdown(**context))
+    return write_text(out / "report.html", _html(**context))
 
 
 def _results(summary: pd.DataFrame, rule: SelectionRule, paper: pd.DataFrame | None) -> pd.DataFrame:

@@ -13,13 +13,14 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from samscale.errors import ConfigError, format_validation_error
+from samscale.fileio import write_text
 from samscale.hessian.analyze import scalar_summary
 from samscale.report.analysis_figures import write_analysis_figures
 from samscale.spec.run import RunSpec
 from samscale.store import RunStore
 from samscale.train.checkpoint import load_checkpoint
 from samscale.train.curvature import analyze_model
-from samscale.train.loop import build_model_for, dataset_for, loss_function
+from samscale.train.loop import build_model_for, dataset_for, loss_function, resolve_device
 from samscale.workdir import analysis_dir, checkpoint_path, store_path
 
 
@@ -57,12 +58,13 @@ def analyze_target(
     except (RuntimeError, TypeError, AttributeError) as err:
         raise ConfigError(f"the weights in {target} do not fit the model of its spec ({spec.label()}): "
                           f"{' '.join(str(err).split())[:400]}") from None
-    report = analyze_model(spec, model, dataset, loss_function(dataset), what, n_examples)
+    report = analyze_model(spec, model, dataset, loss_function(dataset), what, n_examples,
+                           device=resolve_device(spec.runtime.device))
     scalars = scalar_summary(report)
     out = Path(out) if out else analysis_dir(workdir, spec.run_id)
     out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "analysis.json"
-    json_path.write_text(json.dumps({"run_id": spec.run_id, "label": spec.label(), **report}, indent=1))
+    json_path = write_text(out / "analysis.json", json.dumps({"run_id": spec.run_id, "label": spec.label(), **report},
+                                                             indent=1))
     figures = write_analysis_figures(report, out, title=spec.label())
     if store_path(workdir).exists():
         store = RunStore(store_path(workdir))

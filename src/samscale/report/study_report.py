@@ -38,6 +38,26 @@ def _code_versions(frame) -> str:
     return "; ".join(f"{version} ({n} runs)" for version, n in counts.items()) + " — runs of several code versions"
 
 
+COMPUTE_COLUMNS = ("device_name", "precision", "torch_version")
+
+
+def _compute(frame) -> str:
+    """Where and how the finished runs computed (device, precision policy, torch version), with how many runs each;
+    runs recorded before these were kept show as not recorded."""
+    if frame.empty or not set(COMPUTE_COLUMNS) & set(frame.columns):
+        return "(not recorded)"
+    finished = frame[frame["status"].isin(["complete", "diverged"])] if "status" in frame else frame
+    if finished.empty:
+        return "(no run finished yet)"
+    columns = [c for c in COMPUTE_COLUMNS if c in finished]
+    labels = finished[columns].astype(object).where(finished[columns].notna(), "?").astype(str)
+    counts = labels.apply(lambda row: f"{row.get('device_name', '?')}, precision {row.get('precision', '?')}, "
+                                      f"torch {row.get('torch_version', '?')}", axis=1).value_counts()
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return "; ".join(f"{label} ({n} runs)" for label, n in counts.items())
+
+
 def build_study_report(workdir: str | Path, *, command: str, out: str | Path | None = None,
                        epoch: str | None = None, params: str | None = None) -> Path:
     """Write the report of the study in `workdir` to `workdir/report` (or `out`); returns the HTML page's path.
@@ -63,6 +83,7 @@ def build_study_report(workdir: str | Path, *, command: str, out: str | Path | N
         "budget": study.budget or "(custom)",
         "data source": source,
         "code version": _code_versions(frame),
+        "computed on": _compute(frame),
         "generated": dt.datetime.now().isoformat(timespec="seconds"),
     }
     notes = list(study.notes)

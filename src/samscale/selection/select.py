@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from samscale.errors import ConfigError
+from samscale.names import check_name
 from samscale.selection.stats import grouped_stats, t_quantile_975
 from samscale.spec.status import STORED, RunStatus
 from samscale.spec.status import UNFINISHED as _UNFINISHED
@@ -67,7 +68,10 @@ def analysis_columns(frame: pd.DataFrame) -> list[str]:
 def analysis_names(selected: pd.DataFrame) -> list[str]:
     """The analysis columns carried by a selected frame (`treatment_analysis.lambda_max` → `analysis.lambda_max`)."""
     prefix = "treatment_"
-    return [c[len(prefix):] for c in selected.columns if c.startswith(prefix + "analysis.")]
+    columns = [c[len(prefix):] for c in selected.columns if c.startswith(prefix + "analysis.")]
+    for column in columns:  # read from the run store, they name figure files
+        check_name(column.split(".", 1)[1], "analysis name (read from the run store)")
+    return columns
 
 
 @dataclass(frozen=True)

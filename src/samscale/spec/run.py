@@ -22,6 +22,8 @@ from samscale.spec.catalog import ANALYSIS_NAMES, DATASET_NAMES, FAMILY_NAMES
 OPTIMIZERS = ("sgd", "sam", "usam", "asam")
 BASE_OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+PRECISIONS = ("highest", "tf32", "bf16", "fp16")
+"""Precision policies (`samscale.train.precision`): fp32 without TF32, fp32 with TF32, bf16 or fp16 autocast."""
 
 
 class _Section(BaseModel):
@@ -81,6 +83,13 @@ class DataSpec(_Section):
         return size
 
     _train_subset = field_validator("train_subset")(_at_least_one)
+
+    @field_validator("split_seed", "noise_seed")
+    @classmethod
+    def _seed(cls, seed: int) -> int:
+        if seed < 0:
+            raise ValueError(f"must be a seed >= 0, got {seed}")
+        return seed
 
 
 class ModelSpec(_Section):
@@ -288,7 +297,11 @@ class RuntimeSpec(_Section):
     threads: int | None = None
     compile: bool = False
     channels_last: bool = False  # CUDA only: on CPU, torch's channels-last convolutions are slow or crash
-    bf16: bool = False
+    bf16: bool = False  # shorthand for precision=bf16
+    precision: Literal["highest", "tf32", "bf16", "fp16"] = "highest"  # TF32 and autocast of training
+    analysis_precision: Literal["highest", "tf32"] = "highest"  # of the Hessian analysis (fp32 either way)
+    cudnn_benchmark: bool = True  # CUDA only: autotuned convolution algorithms (fixed input shapes)
+    loader_workers: int | None = None  # threads decoding streamed image folders (None: the process's cores)
     eval_batch_size: int = 1000
     train_eval_size: int = 10000  # final train loss/accuracy is measured on this many training examples
     keep_optimizer_state: bool = False  # finished runs keep only their weights unless this is set
@@ -296,12 +309,45 @@ class RuntimeSpec(_Section):
 
     _positive = field_validator("threads", "eval_batch_size", "train_eval_size", "nproc")(_at_least_one)
 
+    @field_validator("loader_workers")
+    @classmethod
+    def _workers(cls, workers: int | None) -> int | None:
+        if workers is not None and workers < 0:
+            raise ValueError(f"must be >= 0 (0: decode in the training thread), got {workers}")
+        return workers
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, device: str) -> str:
         if not DEVICE_PATTERN.fullmatch(device):
             raise ValueError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N, mps, xpu, xpu:N")
         return device
+
+    @model_validator(mode="after")
+    def _bf16_shorthand(self) -> "RuntimeSpec":
+        if self.bf16 and self.precision not in ("highest", "bf16"):
+            raise ValueError(f"runtime.bf16=true asks for precision bf16 but runtime.precision={self.precision!r}; "
+                             "set only runtime.precision")
+        if self.bf16 and self.precision != "bf16":
+            object.__setattr__(self, "precision", "bf16")
+        return self
+
+
+def dqn_problem(spec: "RunSpec") -> str | None:
+    """What a DQN run (`rl.env` set) asks for that DQN training does not do, or None:
+    several processes, a learning-rate schedule other than constant without warm-up, pruning, or curvature analyses."""
+    if spec.rl.env is None:
+        return None
+    if spec.runtime.nproc > 1:  # one agent acting in one environment: its replay loop has no data-parallel form here
+        return (f"runtime.nproc={spec.runtime.nproc}: a DQN run (rl.env={spec.rl.env!r}) trains on one process; use "
+                "runtime.nproc=1 (sweep several seeds in parallel instead)")
+    if spec.schedule.kind != "constant" or spec.schedule.warmup_epochs:
+        return (f"DQN runs (rl.env: {spec.rl.env}) use a constant learning rate; set schedule.kind: constant (got "
+                f"{spec.schedule.kind!r}) and schedule.warmup_epochs: 0 (got {spec.schedule.warmup_epochs})")
+    if spec.sparsity.method != "none" or spec.analysis.what:
+        return (f"DQN runs (rl.env: {spec.rl.env}) support neither pruning (got sparsity.method "
+                f"{spec.sparsity.method!r}) nor curvature analyses (got analysis.what {spec.analysis.what})")
+    return None
 
 
 class RunSpec(_Section):
@@ -319,6 +365,12 @@ class RunSpec(_Section):
     runtime: RuntimeSpec = RuntimeSpec()
 
     IDENTITY: ClassVar[tuple[str, ...]] = ("data", "model", "optim", "schedule", "train", "sparsity")
+
+    @model_validator(mode="after")
+    def _consistent_sections(self) -> "RunSpec":
+        if problem := dqn_problem(self):
+            raise ValueError(problem)
+        return self
 
     def identity(self) -> dict[str, Any]:
         """The fields that change a run's numbers, with settings that cannot matter normalized away."""

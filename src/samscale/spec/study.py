@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from samscale.errors import ConfigError, format_validation_error
+from samscale.names import safe_name
 from samscale.spec.metric import Metric
 from samscale.spec.run import RunSpec, build_spec, check_field, flatten, load_yaml, set_dotted
 
@@ -168,6 +169,7 @@ class Arm(BaseModel):
     set: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
 
+    _name = field_validator("name")(safe_name)  # arm names label files and folders of reports
     _set = field_validator("set")(_checked_set)
     _grid = field_validator("grid")(_checked_grid)
 
@@ -226,6 +228,7 @@ class Study(BaseModel):
     budgets: dict[str, Budget] = {}
     budget: str | None = None
 
+    _name = field_validator("name")(safe_name)  # a study's name is its default work directory, runs/NAME
     _grid = field_validator("grid")(_checked_grid)
     _arms = field_validator("arms")(_checked_arms)
 

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 
 from samscale.errors import ClaimLost, ConfigError
+from samscale.names import check_name
 from samscale.process import machine_key, provably_dead
 from samscale.spec.run import RunSpec, flatten
 from samscale.spec.status import FINISHED, STORED, RunStatus
@@ -190,6 +191,8 @@ class RunStore:
     # -- writing ---------------------------------------------------------------------------------------------
     def register(self, spec: RunSpec, study: str | None = None, n_params: int | None = None) -> str:
         """Add a run (pending) if it is new, and link it to `study`; returns its run_id."""
+        if study is not None:
+            check_name(study, "study name")
         now = time.time()
         run_id = spec.run_id
         with self._connect() as db:
@@ -206,6 +209,7 @@ class RunStore:
 
     def register_study(self, specs: list[RunSpec], study: str) -> None:
         """Register many runs of one study in one transaction (new runs pending, known runs kept as they are)."""
+        check_name(study, "study name")
         now = time.time()
         rows = [(spec.run_id, spec.model_dump_json()) for spec in specs]
         with self._connect() as db:
@@ -331,6 +335,7 @@ class RunStore:
 
     def record_analysis(self, run_id: str, name: str, value: Any) -> None:
         """Store one JSON-serializable analysis result of a run (e.g. lambda_max)."""
+        check_name(name, "analysis name")
         with self._connect() as db:
             db.execute(
                 "INSERT OR REPLACE INTO analysis (run_id, name, value) VALUES (?, ?, ?)", (run_id, name, _dumps(value))

@@ -5,7 +5,7 @@ Runs that agree on everything but seed and optimizer settings (`samscale.train.e
 by `train_ensemble` in one process (this one, or one of a pool of workers). To the store each member is an ordinary run: it is claimed, its heartbeat beats
 while it trains, and its events are recorded by `StoreRecorder` as they happen, so a killed sweep resumes each member
 from its last checkpoint, like any other executor's runs. Runs that cannot be packed (see
-`samscale.train.ensemble.unpackable_reason`: unsupported families, sparsity, m-sharpness, Adam bases, bf16,
+`samscale.train.ensemble.unpackable_reason`: unsupported families, sparsity, m-sharpness, Adam bases, bf16/fp16,
 streamed data, per-token tagging), and packs that would hold a single run, go to the `fallback` executor, one `train_run` each.
 """
 from __future__ import annotations
@@ -34,7 +34,8 @@ train one by one. On an idle 2-core CPU packing barely pays (`benchmarks/bench_e
 thread): 9 packed width-0.25 MLPs train 1.27× as fast per core as one by one, 3 packed only 0.69×, 9 of width 1
 1.00×; end to end against the local pool the executor runs at 0.74–0.97× (widths 0.25–1). CPU steps of these
 models are bound by their matrix products, which packing does not shrink; packing is for GPUs, where a small model
-leaves the device idle (not measured here: no GPU was available)."""
+leaves the device idle (not measured here: no GPU was available). This is the CPU budget; on CUDA `make_executor`
+derives a larger one from the GPU's memory (`samscale.sweep.gpus.pack_param_budget`)."""
 
 
 class Executor(Protocol):
@@ -147,7 +148,8 @@ class EnsembleExecutor:
     be packed go to `fallback` (e.g. a local process pool) once the packs are done."""
 
     def __init__(self, fallback: Executor, workers: int = 1, threads: int | None = None,
-                 max_members: int = DEFAULT_MAX_MEMBERS):
+                 max_members: int = DEFAULT_MAX_MEMBERS, gpu_slots: list[tuple[str, ...]] | None = None,
+                 max_pack_params: int = DEFAULT_MAX_PACK_PARAMS):
         for name, value in (("workers", workers), ("threads", threads)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -156,9 +158,12 @@ class EnsembleExecutor:
         self.workers = workers
         self.threads = threads
         self.max_members = max_members
+        self.gpu_slots = list(gpu_slots or [])  # with GPUs: one worker per slot (`samscale.sweep.gpus`)
+        self.max_pack_params = max_pack_params  # device-dependent: `samscale.sweep.gpus.pack_param_budget`
 
     def run(self, specs: list[RunSpec], store_path: str, workdir: str) -> Iterator[RunOutcome]:
-        packs, singles = plan_packs(specs, self.max_members, min_packs=self.workers)
+        packs, singles = plan_packs(specs, self.max_members, min_packs=self.workers,
+                                    max_pack_params=self.max_pack_params)
         jobs = [[spec.model_dump_json() for spec in pack] for pack in packs]
         if self.workers == 1 or len(jobs) <= 1:
             for job in jobs:
@@ -170,7 +175,8 @@ class EnsembleExecutor:
 
     def _pool(self, jobs: list[list[str]], store_path: str, workdir: str) -> Iterator[RunOutcome]:
         tasks = [(job, store_path, workdir, self.threads) for job in jobs]
-        for outcomes in run_in_pool(execute_pack, tasks, self.workers, self.threads or 1, _abandoned_pack):
+        for outcomes in run_in_pool(execute_pack, tasks, self.workers, self.threads or 1, _abandoned_pack,
+                                    gpu_slots=self.gpu_slots):
             yield from outcomes
 
 

@@ -17,6 +17,7 @@ from samscale.errors import ClaimLost
 from samscale.spec.run import RunSpec
 from samscale.spec.status import FINISHED, RunStatus
 from samscale.store import RunStore
+from samscale.sweep.gpus import DEFAULT_RUNS_PER_GPU, plan_gpu_slots, uses_gpu, visible_gpus
 from samscale.sweep.pool import run_in_pool
 from samscale.sweep.recorder import (Heartbeat, RunOutcome, StoreRecorder,  # RunOutcome: re-exported
                                      failed_outcome, lost_outcome)
@@ -80,18 +81,21 @@ class SerialExecutor:
 
 class LocalPoolExecutor:
     """A pool of `workers` spawned processes with `threads` torch threads each; workers die with the sweep, and a
-    worker killed by the OS is replaced by a fresh pool that resumes its run (`samscale.sweep.pool`)."""
+    worker killed by the OS is replaced by a fresh pool that resumes its run (`samscale.sweep.pool`). With
+    `gpu_slots` (`samscale.sweep.gpus`), worker i sees only the GPUs of one slot (at most one worker per slot)."""
 
-    def __init__(self, workers: int, threads: int = 1):
+    def __init__(self, workers: int, threads: int = 1, gpu_slots: list[tuple[str, ...]] | None = None):
         if workers < 1 or threads < 1:
             raise ValueError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
+        self.gpu_slots = list(gpu_slots or [])
         self.workers = workers
         self.threads = threads
 
     def run(self, specs: list[RunSpec], store_path: str, workdir: str) -> Iterator[RunOutcome]:
         tasks = [(spec.model_dump_json(), store_path, workdir, self.threads) for spec in specs]
+        slots = self.gpu_slots if uses_gpu([spec.runtime.device for spec in specs]) else []
         yield from run_in_pool(execute_run, tasks, self.workers, self.threads,
-                               lambda task, error: _abandoned(*task, error=error))
+                               lambda task, error: _abandoned(*task, error=error), gpu_slots=slots)
 
 
 class RayExecutor:
@@ -101,6 +105,8 @@ class RayExecutor:
     driver's writes to the store are fenced by its claims; a Ray worker's checkpoint writes are not (the worker does
     not open the store), so a driver that was taken over may still have its tasks' checkpoints land.
     """
+
+    runs_here = False  # devices and data are the workers' own: the driver does not preflight them
 
     def __init__(self, address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
                  init_kwargs: dict | None = None):
@@ -147,6 +153,14 @@ class RayExecutor:
                 yield RunOutcome(spec.run_id, spec.label(), status, final=final)
 
 
+def _pool_shape(slots: list[tuple[str, ...]]) -> tuple[int, int]:
+    """(workers, threads) by default: one worker per GPU slot sharing the cores, else `default_pool_shape()`."""
+    if not slots:
+        return default_pool_shape()
+    cpus = default_pool_shape()[0]
+    return len(slots), max(1, cpus // len(slots))
+
+
 def _ray_train(spec_json: str, workdir: str, threads: int) -> tuple[list[RunEvent], str, dict]:
     """Ray task body: train without touching the store; return the run's events for the driver to record."""
     spec = RunSpec.model_validate_json(spec_json)
@@ -157,21 +171,29 @@ def _ray_train(spec_json: str, workdir: str, threads: int) -> tuple[list[RunEven
 
 
 def make_executor(kind: str, *, workers: int | None = None, threads: int | None = None,
-                  address: str | None = None, gpus_per_run: float = 0.0):
+                  address: str | None = None, gpus_per_run: float = 0.0, runs_per_gpu: int = DEFAULT_RUNS_PER_GPU):
     """Executor by name: 'serial', 'local' (process pool sized to the machine by default), 'ray', or 'ensemble'
     (compatible runs packed and trained as batched models by a pool of `workers` processes, one pack each; runs
-    that cannot be packed go to a local pool)."""
+    that cannot be packed go to a local pool). On a host with GPUs the local and ensemble pools get one worker per
+    GPU slot by default (`samscale.sweep.gpus`: `gpus_per_run` GPUs each, `runs_per_gpu` workers per GPU)."""
     if kind == "ensemble":
-        from samscale.sweep.ensemble import EnsembleExecutor
+        from samscale.sweep.ensemble import DEFAULT_MAX_PACK_PARAMS, EnsembleExecutor
+        from samscale.sweep.gpus import pack_param_budget
 
-        default_workers, default_threads = default_pool_shape()
-        fallback = make_executor("local", workers=workers, threads=threads)
-        return EnsembleExecutor(fallback, workers=workers or default_workers, threads=threads or default_threads)
+        slots = plan_gpu_slots(visible_gpus(), gpus_per_run, runs_per_gpu)
+        default_workers, default_threads = _pool_shape(slots)
+        fallback = make_executor("local", workers=workers, threads=threads, gpus_per_run=gpus_per_run,
+                                 runs_per_gpu=runs_per_gpu)
+        return EnsembleExecutor(fallback, workers=workers or default_workers, threads=threads or default_threads,
+                                gpu_slots=slots,
+                                max_pack_params=pack_param_budget(DEFAULT_MAX_PACK_PARAMS, slots,
+                                                                  runs_per_gpu=runs_per_gpu))
     if kind == "serial":
         return SerialExecutor(threads)
     if kind == "local":
-        default_workers, default_threads = default_pool_shape()
-        return LocalPoolExecutor(workers or default_workers, threads or default_threads)
+        slots = plan_gpu_slots(visible_gpus(), gpus_per_run, runs_per_gpu)
+        default_workers, default_threads = _pool_shape(slots)
+        return LocalPoolExecutor(workers or default_workers, threads or default_threads, gpu_slots=slots)
     if kind == "ray":
         return RayExecutor(address, cpus_per_run=float(threads or 1), gpus_per_run=gpus_per_run)
     raise ValueError(f"unknown executor {kind!r}; valid: serial, local, ray, ensemble")

@@ -3,7 +3,9 @@ SIGKILL) breaks a `ProcessPoolExecutor` for good, so the tasks it had not finish
 
 The run a killed worker held is left `running` in the store under a pid that is provably dead (the broken pool's
 workers are all reaped before the fresh pool starts), so the fresh pool's worker takes it over at once and resumes
-it from its last checkpoint. Workers die with the sweep (`samscale.sweep.lifeline`).
+it from its last checkpoint. Workers die with the sweep (`samscale.sweep.lifeline`). Every pool, a fresh one too,
+starts its workers through the same initializer (`samscale.sweep.gpus.pool_initializer`): with GPU slots, each fresh
+pool shares out all the slots again (the broken pool's workers, and so their GPUs, are gone).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from samscale.sweep.lifeline import worker_init
+from samscale.sweep.gpus import pool_initializer
 
 LOG = logging.getLogger("samscale.sweep")
 R = TypeVar("R")
@@ -25,16 +27,22 @@ gets `abandon`'s result) instead of killing worker after worker forever (a run t
 
 
 def run_in_pool(function: Callable[..., R], tasks: Sequence[tuple[Any, ...]], workers: int, threads: int,
-                abandon: Callable[[tuple[Any, ...], str], R]) -> Iterator[R]:
+                abandon: Callable[[tuple[Any, ...], str], R], gpu_slots: Sequence[tuple[str, ...]] = ()
+                ) -> Iterator[R]:
     """Yield `function(*task)` for every task, as they finish, from `workers` spawned processes with `threads` torch
-    threads each; tasks a broken pool did not finish are submitted again to a fresh pool."""
+    threads each (with `gpu_slots`, at most one worker per slot, each seeing only its slot's GPUs); tasks a broken
+    pool did not finish are submitted again to a fresh pool."""
     remaining = list(range(len(tasks)))
     barren = 0
+    context = mp.get_context("spawn")
+    if gpu_slots:
+        workers = min(workers, len(gpu_slots))
     while remaining:
         finished: set[int] = set()
         broken: BaseException | None = None
-        with ProcessPoolExecutor(min(workers, len(remaining)), mp_context=mp.get_context("spawn"),
-                                 initializer=worker_init, initargs=(threads, os.getpid())) as pool:
+        initializer, initargs = pool_initializer(gpu_slots, threads, os.getpid(), context)
+        with ProcessPoolExecutor(min(workers, len(remaining)), mp_context=context, initializer=initializer,
+                                 initargs=initargs) as pool:
             futures: dict[Future, int] = {}
             try:
                 for index in remaining:

@@ -24,8 +24,10 @@ from samscale.store import RunStore
 from samscale.train.checkpoint import load_checkpoint
 from samscale.sweep.debris import clear_debris
 from samscale.sweep.executors import RunOutcome
+from samscale.sweep.preflight import preflight
+from samscale.sweep.study_file import save_study
 from samscale.version import code_version
-from samscale.workdir import checkpoint_path, store_path, study_path
+from samscale.workdir import checkpoint_path, store_path
 
 ProgressCallback = Callable[[RunOutcome, int, int], None]
 OtherVersions = Literal["refuse", "reuse", "rerun"]
@@ -57,15 +59,16 @@ def estimated_cost(spec: RunSpec) -> float:
 
 
 def prepare(study: Study, workdir: str | Path, specs: list[RunSpec] | None = None) -> tuple[RunStore, list[RunSpec]]:
-    """Open the work directory's store, save the study beside it, and register every run of the study.
+    """Save the study in the work directory (refusing one that holds another study), open its store and register
+    every run of the study.
 
     The study is expanded (every point validated) before anything is written, so a bad study leaves no trace.
     """
     specs = study.expand() if specs is None else specs
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    save_study(study, workdir)  # refuses a folder that holds another study, before its store is touched
     store = RunStore(store_path(workdir))
-    study_path(workdir).write_text(study.to_yaml())
     store.register_study(specs, study.name)
     return store, specs
 
@@ -102,12 +105,19 @@ def _describe(others: dict[str, str | None]) -> str:
     return f"{len(others)} finished runs of this study were produced by code version {', '.join(versions)}"
 
 
-def plan(study: Study, workdir: str | Path, other_versions: OtherVersions = "refuse") -> tuple[RunStore, list[RunSpec], dict]:
-    """(store, runs to train longest first, what was decided about runs of other code versions)."""
+def plan(study: Study, workdir: str | Path, other_versions: OtherVersions = "refuse", *,
+         check_here: bool = True) -> tuple[RunStore, list[RunSpec], dict]:
+    """(store, runs to train longest first, what was decided about runs of other code versions).
+
+    With `check_here` (runs train on this machine) the unfinished runs' devices, data and splits are checked first
+    (`preflight`), so a mistake stops the sweep before anything is written."""
     if other_versions not in OTHER_VERSIONS:
         raise ConfigError(f"other_versions must be one of {', '.join(OTHER_VERSIONS)}, got {other_versions!r}")
     specs = study.expand()
     existing = RunStore(store_path(workdir)) if store_path(workdir).is_file() else None
+    statuses = existing.statuses() if existing is not None else {}
+    if check_here:
+        preflight([spec for spec in specs if statuses.get(spec.run_id) not in FINISHED])
     others = other_version_runs(existing, specs) if existing is not None else {}
     interrupted = interrupted_other_version_runs(existing, specs, workdir)
     if others and other_versions == "refuse":  # refuse before anything is written
@@ -149,7 +159,7 @@ def plan(study: Study, workdir: str | Path, other_versions: OtherVersions = "ref
 def sweep(study: Study, workdir: str | Path, executor, on_result: ProgressCallback | None = None,
           other_versions: OtherVersions = "refuse") -> SweepSummary:
     """Run the study's unfinished runs with `executor`; finished runs are skipped, interrupted ones resume."""
-    store, todo, decision = plan(study, workdir, other_versions)
+    store, todo, decision = plan(study, workdir, other_versions, check_here=getattr(executor, "runs_here", True))
     total = decision["total"]
     summary = SweepSummary(total=total, skipped=total - len(todo))
     if decision["action"] == "rerun":

@@ -13,10 +13,7 @@ crafted file can never run code. Anything else is refused with a message that na
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, ContextManager, Protocol
@@ -24,7 +21,7 @@ from typing import Any, ContextManager, Protocol
 import torch
 
 from samscale.errors import ConfigError
-from samscale.process import owner_tag
+from samscale.fileio import write_with
 from samscale.version import code_version
 
 
@@ -44,21 +41,11 @@ def origin(run_id: str, fence: Fence | None) -> dict[str, Any]:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], fence: Fence | None = None) -> None:
-    """Write `state` to `path` atomically (tagged tmp file in the same folder, fsync, rename); with `fence`, the
-    rename happens inside `fence.hold(state["run_id"])`, and a writer that lost the run writes nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{owner_tag()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        with fence.hold(state["run_id"]) if fence is not None else contextlib.nullcontext():
-            os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `state` to `path` atomically (`samscale.fileio`: owner-tagged tmp file in the same folder, fsync,
+    rename); with `fence`, the rename happens inside `fence.hold(state["run_id"])`, and a writer that lost the run
+    writes nothing."""
+    write_with(path, lambda handle: torch.save(state, handle),
+               commit=fence.hold(state["run_id"]) if fence is not None else None)
 
 
 def resume_state(path: str | Path) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ measurements themselves are `samscale.hessian.analyze`; this module only chooses
 """
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Any, Sequence
 
 import torch
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 from samscale.data import Dataset, ImageFolderSplit
 from samscale.hessian import analyze
 from samscale.spec.run import RunSpec
+from samscale.train.precision import precision_policy
 
 
 def curvature_batches(dataset: Dataset, n_examples: int, batch_size: int = 512) -> list[tuple[Tensor, Tensor]]:
@@ -31,10 +33,18 @@ def curvature_batches(dataset: Dataset, n_examples: int, batch_size: int = 512) 
 
 def analyze_model(
     spec: RunSpec, model: nn.Module, dataset: Dataset, loss_fn, what: Sequence[str] | None = None,
-    n_examples: int | None = None,
+    n_examples: int | None = None, device: torch.device | str | None = None,
 ) -> dict[str, Any]:
-    """Run the spec's (or the given) analyses on a trained model; returns the full JSON-serializable report."""
+    """Run the spec's (or the given) analyses on a trained model; returns the full JSON-serializable report.
+
+    The analysis runs on `device` (default: where the model's parameters are, i.e. where it trained) in fp32 under
+    `runtime.analysis_precision` (TF32 off by default), on a copy of the model: the caller's model keeps its
+    weights, mode and device.
+    """
     batches = curvature_batches(dataset, n_examples or spec.analysis.n_examples)
-    model = model.to("cpu").eval()
-    return analyze(model, loss_fn, batches, what=list(what or spec.analysis.what), top_k=spec.analysis.top_k,
-                   seed=spec.train.seed)
+    if device is None:
+        device = next(model.parameters()).device
+    copy = deepcopy(model).to(device=device, dtype=torch.float32).eval()
+    with precision_policy(spec.runtime.analysis_precision):
+        return analyze(copy, loss_fn, batches, what=list(what or spec.analysis.what), top_k=spec.analysis.top_k,
+                       seed=spec.train.seed)

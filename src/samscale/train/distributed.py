@@ -8,8 +8,9 @@ in any rank ends the whole run with that rank's traceback. The processes meet th
 (no port to pick or collide on; its name carries the parent's `owner_tag`, so a sweep can remove the folder of a
 parent that was killed). Each process dies with the parent through the kernel's parent-death signal
 (`samscale.process.die_with_parent`), as a sweep's pool workers do: a killed parent never leaves rank 0 writing the
-run's checkpoint while the next sweep trains it again. The backend is gloo on CPU and NCCL on CUDA (rank r uses GPU
-r mod the GPU count).
+run's checkpoint while the next sweep trains it again. The backend is gloo on CPU and NCCL on CUDA, one GPU per rank
+(`samscale.train.placement`: rank r uses the r-th visible GPU; more ranks than GPUs is refused before any starts).
+Under torchrun, `train_run` joins torchrun's group instead (env:// rendezvous, which can span nodes).
 
 Inside each process the trainer holds one slice of every batch and averages explicitly (`GradientSync`), so SAM's
 two modes are exact: ``global`` equals SAM on the whole batch in one process (with BatchNorm: with the batch
@@ -31,6 +32,7 @@ import torch.multiprocessing as mp
 from samscale.process import die_with_parent, owner_tag
 from samscale.spec.run import RunSpec
 from samscale.train.events import EventHandler
+from samscale.train.placement import COLLECTIVE_TIMEOUT, bind_rank, check_process_count
 
 POLL_S = 0.2  # how often the parent checks on its processes while waiting for events
 
@@ -52,6 +54,7 @@ def launch(
         raise ValueError(f"launch needs runtime.nproc >= 2, got {nproc}")
     if dist.is_available() and dist.is_initialized():
         raise RuntimeError("already inside a torch.distributed process group: run the target directly")
+    check_process_count(nproc, spec.runtime.device)
     ctx = mp.get_context("spawn")
     messages = ctx.Queue()
     with tempfile.TemporaryDirectory(prefix=f"samscale-rendezvous-{owner_tag()}-") as folder:
@@ -101,13 +104,11 @@ def _worker(rank: int, target: Callable[..., Any], nproc: int, init_method: str,
     and result home."""
     die_with_parent(parent_pid)
     spec = RunSpec.model_validate_json(spec_json)
-    device = spec.runtime.device
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda:
-        torch.cuda.set_device(rank % torch.cuda.device_count())
+    cuda = bind_rank(rank, spec.runtime.device)
     if spec.runtime.threads is None:  # share the CPUs instead of every process taking all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=nproc)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=nproc,
+                            timeout=COLLECTIVE_TIMEOUT)
     try:
         on_event = (lambda event: messages.put(("event", event))) if rank == 0 else None
         result = target(spec, workdir=workdir, on_event=on_event, max_epochs=max_epochs, fence=fence)

@@ -30,11 +30,14 @@ number of members trained in that epoch (each member's share of the machine).
 
 What cannot be packed (`unpackable_reason` says why; executors train such runs one by one with `train_run`): model
 families outside `PACKABLE_FAMILIES` (ResNet-50 and ViT are untested here; graph and RL models take other inputs),
-pruning masks (`sparsity`), m-sharpness (`optim.m`), Adam/AdamW bases, bf16 autocast, streamed image folders
-(ImageNet), per-token tagging datasets (their loss and accuracy count real tokens, which the pack's meters do not;
+pruning masks (`sparsity`), m-sharpness (`optim.m`), Adam/AdamW bases, bf16 or fp16 autocast
+(`runtime.precision`), streamed image folders (ImageNet), per-token tagging datasets (their loss and accuracy count real tokens, which the pack's meters do not;
 they train one by one, exactly), multilabel datasets (labelled-entry losses and average precision over a whole split,
 likewise), and any setting this trainer does not know about left at a non-default value.
-`runtime.compile` and `runtime.channels_last` only change speed and are ignored here.
+`runtime.compile` and `runtime.channels_last` only change speed and are ignored here. A pack trains under its
+runs' precision policy (`highest` or `tf32`), and a training step reads nothing back from the device: per-member
+settings live on the device, the learning rates reach it in a non-blocking copy, and the epoch's metrics are read
+once, at its end.
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from samscale.data import make_loader
+from samscale.data.augment import host_to_device
 from samscale.data.registry import DATASETS
 from samscale.errors import ClaimLost
 from samscale.optim import SAM, frozen_bn_stats
@@ -60,6 +64,7 @@ from samscale.spec.status import RunStatus
 from samscale.train.checkpoint import Fence, resume_state, save_checkpoint
 from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunEvent, RunStarted
 from samscale.train.loop import RunResult, _Run, _torch_threads, resolve_device, train_run
+from samscale.train.precision import compute_record, precision_policy
 from samscale.train.summary import summarize_history, validation_score
 from samscale.workdir import checkpoint_path
 
@@ -73,8 +78,8 @@ STREAMED_DATASETS: tuple[str, ...] = ("imagenet",)
 _KNOWN_FIELDS: dict[str, tuple[str, ...]] = {
     "optim": ("name", "base", "lr", "momentum", "nesterov", "weight_decay", "betas", "rho", "m", "asam_eta"),
     "train": ("epochs", "batch_size", "seed"),
-    "runtime": ("device", "threads", "compile", "channels_last", "bf16", "eval_batch_size", "train_eval_size",
-                "keep_optimizer_state"),
+    "runtime": ("device", "threads", "compile", "channels_last", "bf16", "precision", "analysis_precision",
+                "cudnn_benchmark", "loader_workers", "eval_batch_size", "train_eval_size", "keep_optimizer_state"),
     "sparsity": ("method", "sparsity"),
     "schedule": ("kind", "milestones", "gamma", "warmup_epochs"),
 }
@@ -91,8 +96,8 @@ def unpackable_reason(spec: RunSpec) -> str | None:
         return f"m-sharpness (optim.m={spec.optim.m})"
     if spec.sparsity.method != "none":
         return f"pruning at initialization (sparsity.method={spec.sparsity.method!r})"
-    if spec.runtime.bf16:
-        return "bf16 autocast (runtime.bf16)"
+    if spec.runtime.precision in ("bf16", "fp16"):
+        return f"{spec.runtime.precision} autocast (runtime.precision={spec.runtime.precision})"
     if spec.data.name in STREAMED_DATASETS:
         return f"dataset {spec.data.name!r} is streamed from disk"
     task = DATASETS[spec.data.name].task
@@ -137,7 +142,9 @@ def train_ensemble(
     if not specs:
         return []
     emit = on_event or (lambda event: None)
-    with _torch_threads(specs[0].runtime.threads):
+    runtime = specs[0].runtime
+    benchmark = runtime.cudnn_benchmark and resolve_device(runtime.device).type == "cuda"
+    with _torch_threads(runtime.threads), precision_policy(runtime.precision, cudnn_benchmark=benchmark):
         if workdir is None:
             with tempfile.TemporaryDirectory(prefix="samscale-ensemble-") as scratch:
                 return _train_members(specs, Path(scratch), emit, max_epochs, fence)
@@ -205,6 +212,7 @@ class _Member:
         final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in self.run.model.parameters()))
         final["data_source"] = self.run.dataset.source
         final["substitute_for"] = self.run.dataset.substitute_for
+        final.update(compute_record(self.run.device, self.spec.runtime.precision))
         emit(RunEnded(run_id, self.status, final))
         return RunResult(run_id, self.status, final, self.run.history)
 
@@ -251,8 +259,11 @@ def _train_members(specs: list[RunSpec], workdir: Path, emit: EventHandler, max_
     return results
 
 
-def _per_member(values: Iterable[float], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    return torch.tensor(list(values), dtype=dtype, device=device)
+def _per_member(values: Iterable[float], device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """Per-member settings (lr, ρ, …) as a (K,) tensor on `device`, in the default float dtype unless `dtype` is
+    given; on CUDA copied from pinned memory without waiting for the device (a plain copy from pageable memory would
+    wait for every queued kernel, once per step for the rates)."""
+    return host_to_device(torch.tensor(list(values), dtype=dtype or torch.get_default_dtype()), device)
 
 
 def _expand(values: Tensor, like: Tensor) -> Tensor:
@@ -291,6 +302,7 @@ class _Pack:
         self.rho = _per_member((o.rho for o in sam), device)
         self.eta = _per_member((o.asam_eta for o in sam), device)
         self.adaptive = _per_member((o.name == "asam" for o in sam), device, torch.bool)
+        self.any_adaptive = any(o.name == "asam" for o in sam)  # a Python bool: no device read per step
         self.normalize = _per_member((o.name != "usam" for o in sam), device, torch.bool)
 
     def _momentum_buffer(self, member: _Member, index: int) -> Tensor:
@@ -331,7 +343,7 @@ class _Pack:
         weights = [self.params[n][:s] for n in self.names]
         t_gs, t2_gs = [], []
         for w, g in zip(weights, grads):
-            if w.dim() > 2 and bool(self.adaptive.any()):  # ASAM: T = |w| + η on weight tensors
+            if w.dim() > 2 and self.any_adaptive:  # ASAM: T = |w| + η on weight tensors
                 adaptive = _expand(self.adaptive, w)
                 scale = w.abs() + _expand(self.eta, w)
                 t_g = scale * g
@@ -453,6 +465,7 @@ class _Pack:
         self.rho, self.eta, self.adaptive, self.normalize = (
             t[sam_index] for t in (self.rho, self.eta, self.adaptive, self.normalize))
         self.n_sam = len(sam_index)
+        self.any_adaptive = any(m.spec.optim.name == "asam" for m in self.members[: self.n_sam])
 
 
 class _PackMeter:

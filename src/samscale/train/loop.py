@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,6 +31,8 @@ from samscale.spec.status import RunStatus
 from samscale.train.checkpoint import Fence, origin, resume_state, save_checkpoint
 from samscale.train.curvature import analyze_model
 from samscale.train.distributed import launch
+from samscale.train.placement import launched_by_torchrun, torchrun_group
+from samscale.train.precision import autocast, compute_record, grad_scaler, precision_policy
 from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunStarted
 from samscale.train.rl import train_rl
 from samscale.train.metrics import EpochMeter, evaluate
@@ -149,11 +152,22 @@ def build_model_for(spec: RunSpec, dataset: Dataset) -> nn.Module:
         )
 
 
+_DEVICE_COPIES: dict[tuple[int, str], tuple[Split, Split]] = {}
+_DEVICE_COPIES_KEPT = 8  # splits whose device copy is kept (the dataset cache holds 4 datasets of 3 splits at most)
+
+
 def _split_to(split: Split | ImageFolderSplit, device: torch.device) -> Split | ImageFolderSplit:
-    """In-memory splits move to the device once; image folders stay on disk and stream."""
-    if isinstance(split, Split) and split.x.device != device:
-        return Split(split.x.to(device), split.y.to(device))
-    return split
+    """In-memory splits move to the device once per process: every run of the process that trains on the same split
+    (the members of an ensemble pack, runs one after another in a worker) shares one device copy. Image folders
+    stay on disk and stream."""
+    if not isinstance(split, Split) or split.x.device == device:
+        return split
+    key = (id(split), str(device))
+    if key not in _DEVICE_COPIES:  # the entry keeps `split` alive, so its id is not reused while cached
+        while len(_DEVICE_COPIES) >= _DEVICE_COPIES_KEPT:
+            _DEVICE_COPIES.pop(next(iter(_DEVICE_COPIES)))
+        _DEVICE_COPIES[key] = (split, Split(split.x.to(device), split.y.to(device)))
+    return _DEVICE_COPIES[key][1]
 
 
 def _head(split: Split | ImageFolderSplit, n: int) -> Split | ImageFolderSplit:
@@ -188,17 +202,26 @@ class _Run:
         if masks is not None:  # pruned weights get zero gradients and are re-zeroed after every base step
             base = self.optimizer.base_optimizer if isinstance(self.optimizer, SAM) else self.optimizer
             MaskEnforcer(self.model, masks).attach(base)
+        self.sync = GradientSync.from_environment(spec.optim.sam_mode)  # None unless one of several processes
+        # Image folders stream: decoded by threads, pinned for the GPU, and each process decodes only its slice.
+        self.streamed = isinstance(self.train_split, ImageFolderSplit)
+        self.loader_options: dict[str, Any] = {}
+        if self.streamed:
+            self.loader_options = dict(num_workers=_loader_workers(spec), pin_memory=device.type == "cuda")
+        shard = (self.sync.rank, self.sync.world_size) if self.streamed and self.sync is not None else None
         self.loader = make_loader(
             self.train_split,
             spec.train.batch_size,
             shuffle=True,
             generator=self.generator,
             augment=self.dataset.train_augment,  # None when the spec turns augmentation off
+            shard=shard,
+            **self.loader_options,
         )
         multiplier = lr_multiplier(spec.schedule, spec.train.epochs, len(self.loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
         self.forward = torch.compile(self.model) if spec.runtime.compile else self.model
-        self.sync = GradientSync.from_environment(spec.optim.sam_mode)  # None unless one of several processes
+        self.scaler = grad_scaler(spec.runtime.precision, device)  # fp16 only
         self.is_main = self.sync is None or self.sync.is_main  # only rank 0 writes checkpoints and evaluates
         self.epoch = 0
         self.history: list[dict[str, float]] = []
@@ -242,6 +265,8 @@ class _Run:
         if not weights_only:
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                          generator=self.generator.get_state())
+            if self.scaler is not None:
+                state["scaler"] = self.scaler.state_dict()
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -255,6 +280,8 @@ class _Run:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.generator.set_state(state["generator"])
+            if self.scaler is not None and "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
         elif self.epoch < self.spec.train.epochs:
             raise ValueError(f"checkpoint of run {self.spec.run_id} at epoch {self.epoch} has no optimizer state; "
                              "only a finished run's checkpoint may be weights-only")
@@ -265,6 +292,7 @@ class _Run:
         self.model.train()
         meter = EpochMeter(self.dataset.task)
         autocast = _autocast(self.spec, self.device)
+        scaler = self.scaler
         for x, y in self.loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.channels_last and x.dim() == 4:
@@ -279,13 +307,13 @@ class _Run:
                 continue
             with autocast:
                 if isinstance(self.optimizer, SAM):
-                    loss, output = sam_update(self.forward, self.loss_fn, x, y, self.optimizer, m=self.spec.optim.m)
+                    loss, output = sam_update(self.forward, self.loss_fn, x, y, self.optimizer, m=self.spec.optim.m,
+                                              scaler=scaler)
                 else:
                     output = self.forward(x)
                     loss = self.loss_fn(output, y)
                     self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
+                    _step(self.optimizer, loss, scaler)
             self.scheduler.step()
             meter.update(loss, output.detach(), y)
         return meter.result(prefix="train_")
@@ -294,19 +322,18 @@ class _Run:
         """This process's slice of the global batch through one synced step; the whole batch's loss and outputs."""
         sync = self.sync
         part = rank_slice(len(y), sync.rank, sync.world_size)
-        x_local, y_local = x[part], y[part]
+        x_local, y_local = (x if self.streamed else x[part]), y[part]  # a streamed batch holds only this slice
         share = len(y_local) / len(y)
         with autocast:
             if isinstance(self.optimizer, SAM):
                 loss, output = sam_update(self.forward, self.loss_fn, x_local, y_local, self.optimizer,
-                                          m=self.spec.optim.m, sync=sync)
+                                          m=self.spec.optim.m, sync=sync, share=share, scaler=self.scaler)
             else:
                 output = self.forward(x_local)
                 loss = self.loss_fn(output, y_local)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                sync.average_grads_(list(self.model.parameters()), share)
-                self.optimizer.step()
+                _step(self.optimizer, loss, self.scaler,
+                      before_step=lambda: sync.average_grads_(list(self.model.parameters()), share))
                 sync.average_bn_stats_(self.model, share)
         loss = loss.detach().reshape(1).clone()
         sync.average_([loss], share)
@@ -314,7 +341,7 @@ class _Run:
 
     def evaluate(self, split: Split | ImageFolderSplit, prefix: str) -> dict[str, float]:
         """Loss (and accuracy) of the current model over a whole split, in eval mode."""
-        loader = make_loader(split, self.spec.runtime.eval_batch_size, shuffle=False)
+        loader = make_loader(split, self.spec.runtime.eval_batch_size, shuffle=False, **self.loader_options)
         return evaluate(self.forward, loader, self.loss_fn, self.device, prefix=prefix, task=self.dataset.task)
 
     def evaluate_all(self) -> dict[str, float]:
@@ -325,15 +352,40 @@ class _Run:
         return metrics
 
 
+def _loader_workers(spec: RunSpec) -> int:
+    """Threads decoding a streamed split: `runtime.loader_workers`, else this process's share of the cores."""
+    if spec.runtime.loader_workers is not None:
+        return spec.runtime.loader_workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // spec.runtime.nproc)
+
+
 def _smallest_slice(n: int, world_size: int) -> int:
     """Examples of the smallest per-process slice of a batch of n (BatchNorm needs 2 in every process)."""
     return min(len(range(n)[rank_slice(n, rank, world_size)]) for rank in range(world_size))
 
 
 def _autocast(spec: RunSpec, device: torch.device):
-    if spec.runtime.bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return torch.autocast(device_type=device.type, enabled=False)
+    return autocast(spec.runtime.precision, device)
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: Tensor, scaler: torch.amp.GradScaler | None,
+          before_step: Callable[[], None] | None = None) -> None:
+    """Backward and one optimizer step, through `scaler` when there is one (fp16: an overflowing step is skipped);
+    `before_step` runs on the gradients first, e.g. to average them over processes. With a scaler it averages the
+    scaled gradients (one scale on every process), so an overflow in any process reaches all of them before the
+    scaler looks for it, and every process skips the same steps."""
+    if scaler is None:
+        loss.backward()
+        if before_step is not None:
+            before_step()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    if before_step is not None:
+        before_step()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 @contextlib.contextmanager
@@ -368,8 +420,13 @@ def train_run(
     writes checkpoints, evaluates and reports, and the call returns rank 0's result.
     """
     if spec.runtime.nproc > 1 and GradientSync.from_environment() is None:
+        if launched_by_torchrun():  # one of torchrun's ranks: join its group (env:// rendezvous, may span nodes)
+            with torchrun_group(spec.runtime.nproc, spec.runtime.device):
+                return train_run(spec, workdir=workdir, on_event=on_event, max_epochs=max_epochs, fence=fence)
         return launch(train_run, spec, workdir=workdir, on_event=on_event, max_epochs=max_epochs, fence=fence)
-    with _torch_threads(spec.runtime.threads):
+    device = resolve_device(spec.runtime.device)
+    with _torch_threads(spec.runtime.threads), precision_policy(
+            spec.runtime.precision, cudnn_benchmark=spec.runtime.cudnn_benchmark and device.type == "cuda"):
         return _train(spec, workdir, on_event or (lambda event: None), max_epochs, fence)
 
 
@@ -377,7 +434,14 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
            fence: Fence | None) -> RunResult:
     device = resolve_device(spec.runtime.device)
     if spec.rl.env is not None:  # a DQN run: its own loop (samscale.train.rl), the same events and checkpoints
-        status, final, history = train_rl(spec, workdir, emit, max_epochs, device=device,
+        record = compute_record(device, spec.runtime.precision)
+
+        def emit_recorded(event: Any) -> None:
+            if isinstance(event, RunEnded):
+                event.final.update(record)
+            emit(event)
+
+        status, final, history = train_rl(spec, workdir, emit_recorded, max_epochs, device=device,
                                           build_optimizer=build_optimizer, fence=fence)
         return RunResult(spec.run_id, status, final, history)
     run = _Run(spec, device)
@@ -417,6 +481,7 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
     final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in run.model.parameters()))
     final["data_source"] = run.dataset.source
     final["substitute_for"] = run.dataset.substitute_for
+    final.update(compute_record(device, spec.runtime.precision))
     if status == RunStatus.COMPLETE and run.is_main:
         final.update(run.evaluate(_head(run.train_split, spec.runtime.train_eval_size), prefix="final_train_"))
         if spec.analysis.what:

@@ -34,7 +34,7 @@ from samscale.errors import ConfigError
 from samscale.data.minatar_env import NUM_ACTIONS, MinAtarEnv, minatar_shape, minatar_version
 from samscale.models.registry import build_model, count_params
 from samscale.optim import SAM, sam_update
-from samscale.spec.run import RunSpec
+from samscale.spec.run import RunSpec, dqn_problem
 from samscale.spec.status import RunStatus
 from samscale.train.checkpoint import Fence, origin, resume_state, save_checkpoint
 from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunStarted
@@ -254,11 +254,8 @@ def train_rl(
     fence: Fence | None = None,
 ) -> tuple[str, dict[str, Any], list[dict[str, float]]]:
     """Run (or resume) a DQN run: returns (status, final summary, history); see the module docstring."""
-    if spec.schedule.kind != "constant" or spec.schedule.warmup_epochs:
-        raise ConfigError(f"DQN runs use a constant learning rate; set schedule.kind: constant (got "
-                          f"{spec.schedule.kind!r}) and schedule.warmup_epochs: 0 (got {spec.schedule.warmup_epochs})")
-    if spec.sparsity.method != "none" or spec.analysis.what:
-        raise ConfigError("DQN runs support neither pruning (sparsity) nor curvature analyses (analysis.what)")
+    if problem := dqn_problem(spec):  # refused when the spec is validated; a spec built without validation too
+        raise ConfigError(problem)
     agent = _Agent(spec, device, build_optimizer)
     run_id = spec.run_id
     ckpt = checkpoint_path(workdir, run_id) if workdir is not None else None

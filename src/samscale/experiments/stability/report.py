@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from samscale.fileio import write_text
 from samscale.report.figures import Plot, save_plot
 from samscale.report.render import FIGURE_DIR, PAGE_STYLE, inline_svg
 from samscale.report.tables import html_table, markdown_table
@@ -38,10 +39,8 @@ def write_pages(
     for stale in [*figures.glob("*.png"), *figures.glob("*.svg")]:
         stale.unlink()  # a rewritten report shows only the figures of this run
     saved = [[(plot, *save_plot(plot, figures)) for plot in section.plots] for section in sections]
-    (out / "report.md").write_text(_markdown(title, header, notes, sections, saved), encoding="utf-8")
-    page = out / "report.html"
-    page.write_text(_html(title, header, notes, sections, saved), encoding="utf-8")
-    return page
+    write_text(out / "report.md", _markdown(title, header, notes, sections, saved))
+    return write_text(out / "report.html", _html(title, header, notes, sections, saved))
 
 
 def _markdown(title, header, notes, sections, saved) -> str:

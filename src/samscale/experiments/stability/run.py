@@ -26,6 +26,7 @@ from samscale.experiments.stability.budgets import Problem, StabilityBudget, get
 from samscale.experiments.stability.bounds import LABELS, QUANTITIES, stability_bounds, summarize_against_bounds
 from samscale.experiments.stability.figures import curvature_bars, loss_curves, optimizer_label, top_eigenvalue_bars
 from samscale.experiments.stability.report import ReportSection, write_pages
+from samscale.fileio import write_csv
 from samscale.hessian.minimum import MinimumCurvature, measure_minimum
 from samscale.spec.run import RunSpec
 from samscale.train.checkpoint import load_checkpoint
@@ -139,8 +140,8 @@ def _write_outputs(out: Path, budget: str, plan: StabilityBudget, measured: list
           **row} for m in measured for row in m["details"]["history"]],
         columns=["problem", "optimizer", "seed", "epoch", "train_loss"],
     )
-    runs.to_csv(out / "results.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
+    write_csv(out / "results.csv", runs)
+    write_csv(out / "summary.csv", summary)
     command = f"samscale reproduce stability --budget {budget} --out {out}"
     header = _header(command, budget, plan, measured, seconds)
     notes = _notes(plan, runs, skipped)
