@@ -54,7 +54,7 @@ def _running_part_way(path: Path, epochs: int) -> list[tuple[str, str]]:
 
 
 def test_a_worker_killed_by_the_os_leaves_its_run_resumable_and_the_sweep_goes_on(tiny_config, tmp_path):
-    study = _study(tiny_config, epochs=4, seeds=(0, 1, 2), train_subset=1500)
+    study = _study(tiny_config, epochs=4, seeds=(0, 1), train_subset=1500)  # a run for each of the two workers
     work = tmp_path / "work"
     killed: list[str] = []
 
@@ -77,7 +77,7 @@ def test_a_worker_killed_by_the_os_leaves_its_run_resumable_and_the_sweep_goes_o
         killer.join()
     assert killed, "no worker was killed"
     frame = RunStore(store_path(work)).runs_frame().set_index("run_id")
-    assert (frame["status"] == "complete").all() and summary.count("complete") == 3
+    assert (frame["status"] == "complete").all() and summary.count("complete") == 2
     assert frame.loc[killed[0], "attempts"] == 2  # resumed by a worker of the fresh pool
     history = RunStore(store_path(work)).history(killed[0])
     assert list(history["epoch"]) == [1, 2, 3, 4] and set(history["attempt"]) == {2}
