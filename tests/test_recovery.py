@@ -139,7 +139,8 @@ def test_a_sweep_clears_the_leftovers_of_dead_processes_and_only_those(tiny_conf
     elsewhere = f"owner-{_dead_pid()}-000000000000"  # a dead-looking pid of another host or namespace
     ckpts = target.parent
     assert is_temp_name(left_by_kill.name, target.name) and "owner-" in left_by_kill.name  # fileio's, tagged
-    old_untagged = [ckpts / f"{run_id}.ptk3j4h5.tmp", ckpts / f".{run_id}.pt.k3j4h5.tmp"]  # older versions', an hour ago
+    # left by older versions, an hour ago
+    old_untagged = [ckpts / f"{run_id}.ptk3j4h5.tmp", ckpts / f".{run_id}.pt.k3j4h5.tmp"]
     paths = {
         "dead": [left_by_kill, ckpts / f".{run_id}.pt.{dead}.abc.tmp", *old_untagged,
                  work / f".study.yaml.{dead}.abc.tmp", work / f".report.new-{dead}-1a2b",

@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not launched_by_torchrun():
         check_process_count(spec.runtime.nproc, spec.runtime.device)
     preflight([spec])  # device, dataset options, data files and split sizes, before the store is opened
-    if checkpoint_path(args.workdir, spec.run_id).is_file():  # refuse a damaged, unsafe or foreign one before the store
+    if checkpoint_path(args.workdir, spec.run_id).is_file():  # refuse a damaged, unsafe or foreign one first
         resume_state(checkpoint_path(args.workdir, spec.run_id))
     if rank != 0:  # rank 0 alone claims and records the run; the others train their slices of it
         return _train_other_rank(spec, args)
