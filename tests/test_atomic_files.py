@@ -4,6 +4,7 @@ directory's study.yaml."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import hashlib
 import os
@@ -18,8 +19,9 @@ import yaml
 
 from conftest import TINY
 from samscale.cli import main
-from samscale.errors import ConfigError
-from samscale.fileio import atomic_write, create_new, is_temp_name, write_text
+from samscale.errors import ClaimLost, ConfigError
+from samscale.fileio import atomic_write, create_new, is_temp_name, write_bytes, write_text
+from samscale.process import owner_tag
 from samscale.spec.study import Study, load_study
 from samscale.store import RunStore
 from samscale.sweep.executors import SerialExecutor
@@ -61,6 +63,36 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_whole(tmp_path):
     left = [p.name for p in tmp_path.iterdir() if p.name != "study.yaml"]
     assert len(left) == 1 and is_temp_name(left[0], "study.yaml")  # what a clean-up may remove, and nothing else
     assert not is_temp_name("study.yaml") and not is_temp_name(".study.yaml.tmp", "study.yaml")
+
+
+def test_a_commit_guard_that_refuses_leaves_the_old_file_and_no_temporary(tmp_path):
+    """`commit` (e.g. a run's claim fence) is held around the rename: one that raises on entry writes nothing."""
+    target = tmp_path / "run.pt"
+    write_bytes(target, b"old")
+    seen = []
+
+    @contextlib.contextmanager
+    def refuse():
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        raise ClaimLost("taken over")
+        yield
+
+    with pytest.raises(ClaimLost, match="taken over"):
+        with atomic_write(target, "wb", commit=refuse()) as handle:
+            handle.write(b"new")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]
+    (temporary,) = [name for name in seen[0] if name != "run.pt"]  # the guard ran with the new file written, unrenamed
+    assert is_temp_name(temporary, "run.pt") and owner_tag() in temporary  # its writer is named in it
+
+    @contextlib.contextmanager
+    def allow():
+        seen.append("held")
+        yield
+
+    with atomic_write(target, "wb", commit=allow()) as handle:
+        handle.write(b"new")
+    assert seen[-1] == "held" and target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]
 
 
 def test_create_new_creates_once(tmp_path):

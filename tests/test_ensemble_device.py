@@ -45,7 +45,7 @@ def _pack(config, tmp_path: Path, train_subset: int = 384) -> _Pack:
         tree["train"]["seed"] = seed
         tree["optim"].update(optim)
         specs.append(build_spec(tree))
-    members = [_Member(spec, torch.device("cpu"), tmp_path, lambda event: None) for spec in specs]
+    members = [_Member(spec, torch.device("cpu"), tmp_path, lambda event: None, None) for spec in specs]
     return _Pack(members, torch.device("cpu"))
 
 

@@ -58,6 +58,28 @@ def test_no_worker_sees_a_gpu_it_was_not_given(count, runs_per_gpu):
     assert len(by_worker) <= len(slots)
 
 
+def _devices_unless_first(marker: str) -> tuple[int, str | None]:
+    """The first call anywhere kills its worker (as the OS would); every other returns the worker's GPUs."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return gpus.worker_devices()
+    os._exit(9)
+
+
+def test_a_fresh_pool_after_a_killed_worker_shares_out_the_gpu_slots_again(tmp_path):
+    """A worker dies; the task it held can finish only in the fresh pool, whose workers must also start through the
+    slot initializer: every result comes from a worker that sees exactly one of the two slots."""
+    from samscale.sweep.pool import run_in_pool
+
+    marker = str(tmp_path / "died")
+    tasks = [(marker,)] * 3
+    results = list(run_in_pool(_devices_unless_first, tasks, workers=4, threads=1,
+                               abandon=lambda task, error: (0, f"given up: {error}"), gpu_slots=[("0",), ("1",)]))
+    assert os.path.exists(marker) and len(results) == 3
+    assert {visible for _, visible in results} <= {"0", "1"}
+
+
 def test_executors_size_their_pools_to_the_gpu_slots(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)

@@ -13,8 +13,8 @@ PACKAGE = Path(samscale.__file__).parent
 
 #: Layers from the ground floor up; a module may import its own layer and the layers below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("samscale", "samscale.errors", "samscale.version", "samscale.workdir", "samscale.fileio", "samscale.names",
-     "samscale.spec"),
+    ("samscale", "samscale.errors", "samscale.version", "samscale.workdir", "samscale.process", "samscale.fileio",
+     "samscale.names", "samscale.spec"),
     ("samscale.data",),
     ("samscale.models", "samscale.sparsity"),
     ("samscale.optim",),

@@ -267,7 +267,7 @@ def test_runs_frame_reads_specs_without_validation_and_matches_pydantic(tmp_path
              for name, rho in (("sgd", 0.05), ("sam", 0.2)) for size in (0.5, 2) for seed in (0, 1)]
     for spec in specs:
         store.register(spec, study="s", n_params=7)
-    store.finish(specs[0].run_id, "complete", {"final_test_acc": 0.5})
+    store.finish(store.claim(specs[0].run_id), "complete", {"final_test_acc": 0.5})
     store.record_analysis(specs[1].run_id, "lambda_max", 3.5)
     with sqlite3.connect(tmp_path / "s.db") as db:  # an older store: its spec lacks a field added since
         old = json.loads(db.execute("SELECT spec FROM runs WHERE run_id = ?", (specs[2].run_id,)).fetchone()[0])

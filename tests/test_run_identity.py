@@ -121,7 +121,8 @@ def test_finished_checkpoint_keeps_weights_only_unless_asked(tiny_config, tmp_pa
     spec = build_spec(tiny_config, ["train.epochs=2", "optim.name=sam"])
     train_run(spec, workdir=tmp_path / "slim")
     slim = load_checkpoint(checkpoint_path(tmp_path / "slim", spec.run_id))
-    assert set(slim) == {"run_id", "spec", "epoch", "model", "history", "cost"} and slim["epoch"] == 2
+    assert set(slim) == {"run_id", "attempt", "code_version", "spec", "epoch", "model", "history", "cost"}
+    assert slim["epoch"] == 2
     full_spec = build_spec(tiny_config, ["train.epochs=2", "optim.name=sam", "runtime.keep_optimizer_state=true"])
     assert full_spec.run_id == spec.run_id  # a runtime setting, not part of the run's identity
     train_run(full_spec, workdir=tmp_path / "full")
@@ -154,7 +155,7 @@ def test_non_finite_numbers_are_stored_as_strict_json_null(tiny_config, tmp_path
     store = RunStore(tmp_path / "s.db")
     spec = build_spec(tiny_config, ["optim.lr=1e6", "optim.momentum=0.99"])
     store.register(spec)
-    result = train_run(spec, on_event=StoreRecorder(store))
+    result = train_run(spec, on_event=StoreRecorder(store, store.claim(spec.run_id)))
     assert result.status == "diverged"
 
     def refuse(constant: str) -> None:
@@ -173,10 +174,11 @@ def test_stale_runs_of_other_hosts_are_taken_over_and_heartbeats_keep_them(tiny_
     store.register(spec)
     with sqlite3.connect(store.path) as db:  # held by a process on another machine, last heard of 60 s ago
         db.execute("UPDATE runs SET status = 'running', owner = 'elsewhere:1', heartbeat = ?", (time.time() - 60,))
-    assert store.claim(spec.run_id)  # stale: taken over
+    claim = store.claim(spec.run_id)
+    assert claim  # stale: taken over
     with sqlite3.connect(store.path) as db:
         db.execute("UPDATE runs SET owner = 'elsewhere:1', heartbeat = ?", (time.time() - 60,))
-    with Heartbeat(store, [spec.run_id], interval_s=0.05):
+    with Heartbeat(store, [claim], interval_s=0.05):
         time.sleep(0.3)  # the holder keeps beating: the run is no longer stale
         assert not store.claim(spec.run_id)
 

@@ -17,12 +17,15 @@ def test_register_claim_record_finish(tmp_path):
     run_id = store.register(spec, study="demo")
     assert store.register(spec, study="demo") == run_id  # idempotent
     assert store.status(run_id) == "pending"
-    assert store.claim(run_id)
+    claim = store.claim(run_id)
+    assert claim and claim.attempt == 1
     assert not store.claim(run_id)  # this live process holds it
-    store.record_epoch(run_id, 1, {"epoch": 1, "train_loss": 0.5, "val_acc": 0.9})
-    store.record_epoch(run_id, 1, {"epoch": 1, "train_loss": 0.4, "val_acc": 0.9})  # rewrite, not duplicate
-    store.record_epoch(run_id, 2, {"epoch": 2, "train_loss": 0.3, "val_acc": 0.95})
-    store.finish(run_id, "complete", {"final_test_acc": 0.93, "n_params": 10})
+    store.record_epoch(claim, 1, {"epoch": 1, "train_loss": 0.5, "val_acc": 0.9})
+    store.record_epoch(claim, 1, {"epoch": 1, "train_loss": 0.4, "val_acc": 0.9})  # rewrite, not duplicate
+    store.record_epoch(claim, 2, {"epoch": 2, "train_loss": 0.3, "val_acc": 0.95})
+    with pytest.raises(ValueError, match="unknown status"):
+        store.finish(claim, "done")
+    store.finish(claim, "complete", {"final_test_acc": 0.93, "n_params": 10})
     assert not store.claim(run_id)  # finished runs are never claimed again
     history = store.history(run_id)
     assert list(history["epoch"]) == [1, 2] and list(history["train_loss"]) == [0.4, 0.3]
@@ -31,8 +34,6 @@ def test_register_claim_record_finish(tmp_path):
     assert row["run_id"] == run_id and row["status"] == "complete" and row["final_test_acc"] == 0.93
     assert row["optim.name"] == "sgd" and row["epochs_done"] == 2 and row["attempts"] == 1
     assert store.find(run_id[:6]) == run_id
-    with pytest.raises(ValueError, match="unknown status"):
-        store.finish(run_id, "done")
 
 
 def test_run_held_by_dead_process_is_taken_over(tmp_path):

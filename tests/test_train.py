@@ -30,7 +30,7 @@ def test_training_learns_and_records_every_epoch(tiny_config, tmp_path):
     store = RunStore(tmp_path / "s.db")
     spec = build_spec(tiny_config, ["train.epochs=6"])
     store.register(spec)
-    result = train_run(spec, on_event=StoreRecorder(store))
+    result = train_run(spec, on_event=StoreRecorder(store, store.claim(spec.run_id)))
     assert result.status == "complete"
     history = store.history(spec.run_id)
     assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]
@@ -47,7 +47,7 @@ def test_divergence_ends_the_run_without_crashing(tiny_config, tmp_path):
     store = RunStore(tmp_path / "s.db")
     spec = build_spec(tiny_config, ["optim.lr=1e6", "optim.momentum=0.99"])
     store.register(spec)
-    result = train_run(spec, on_event=StoreRecorder(store))
+    result = train_run(spec, on_event=StoreRecorder(store, store.claim(spec.run_id)))
     assert result.status == "diverged"
     assert store.status(spec.run_id) == "diverged"
     assert not math.isfinite(result.history[-1]["train_loss"])

@@ -29,7 +29,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from samscale.store import RunStore
     from samscale.sweep.executors import execute_run
     from samscale.sweep.preflight import preflight
-    from samscale.train.checkpoint import load_checkpoint
+    from samscale.train.checkpoint import resume_state
     from samscale.train.events import EpochEnded
     from samscale.train.placement import check_process_count, launched_by_torchrun, torchrun_world
     from samscale.version import code_version
@@ -49,8 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not launched_by_torchrun():
         check_process_count(spec.runtime.nproc, spec.runtime.device)
     preflight([spec])  # device, dataset options, data files and split sizes, before the store is opened
-    if checkpoint_path(args.workdir, spec.run_id).is_file():  # refuse a damaged or unsafe one before the store
-        load_checkpoint(checkpoint_path(args.workdir, spec.run_id))
+    if checkpoint_path(args.workdir, spec.run_id).is_file():  # refuse a damaged, unsafe or foreign one first
+        resume_state(checkpoint_path(args.workdir, spec.run_id))
     if rank != 0:  # rank 0 alone claims and records the run; the others train their slices of it
         return _train_other_rank(spec, args)
     store = RunStore(store_path(args.workdir))
@@ -72,6 +72,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if outcome.status == "busy":
         print(f"run {spec.run_id} is being trained by another live process; nothing to do")
         return 1 if launched_by_torchrun() else 0  # rank 0 under torchrun: torchrun then stops the other ranks
+    if outcome.status == "lost":
+        print(f"run {spec.run_id}: stopped, another process took it over ({outcome.error})", file=sys.stderr)
+        return 1
     if outcome.status == "failed":
         print(f"run {spec.run_id} failed:\n{outcome.error}", file=sys.stderr)
         return 1
@@ -211,6 +214,8 @@ def _progress(todo, done: int, total: int):
         bar.set_postfix_str(f"{finished[0]}/{total} runs; {outcome.status}: {outcome.label}")
         if outcome.status == "failed":
             bar.write(f"run {outcome.run_id} failed: {error_headline(outcome.error)}")
+        elif outcome.status == "lost":
+            bar.write(f"run {outcome.run_id} lost: {outcome.error}")
 
     return bar, update
 
@@ -233,10 +238,12 @@ def run_sweep(study, workdir: Path, args: argparse.Namespace) -> int:
     print(f"study {study.name!r}: {total} runs, {total - len(todo)} already finished; store {store.path}")
     if decision["message"]:
         print(decision["message"])
+    if decision["cleared"]:
+        print(f"removed {len(decision['cleared'])} leftovers of killed processes: {', '.join(decision['cleared'])}")
     bar, update = _progress(todo, total - len(todo), total)
     with bar:
         summary = sweep(study, workdir, executor, on_result=update, other_versions="reuse")
-    counts = {s: summary.count(s) for s in ("complete", "diverged", "failed", "busy")}
+    counts = {s: summary.count(s) for s in ("complete", "diverged", "failed", "busy", "lost")}
     print("sweep finished: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" ({summary.skipped} skipped)")
     return 1 if counts["failed"] else 0
 

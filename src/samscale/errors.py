@@ -16,6 +16,12 @@ class UsageError(ConfigError):
     """A command-line option has a bad value (the CLI exits with argparse's status 2 and its usage line)."""
 
 
+class ClaimLost(RuntimeError):
+    """A write for a run was refused because this process no longer holds the run: another sweep took it over (its
+    heartbeat had gone stale) or it was finished or reset meanwhile. The holder stops that run and writes nothing
+    more for it."""
+
+
 def _section_model(annotation: Any) -> Any:
     """The pydantic model a field holds, directly or inside a container (list[Arm], dict[str, Budget]), or None."""
     if hasattr(annotation, "model_fields"):

@@ -2,8 +2,14 @@
 then renamed over the target (and the folder fsynced), so a reader or a crash sees the old file or the new one,
 never a torn or empty one.
 
-Temporary files are named `.NAME.XXXXXXXX.tmp` beside their target (`is_temp_name` recognizes them), and are removed
-when writing fails; only a kill between creating and renaming one can leave it behind.
+Temporary files are named `.NAME.owner-PID-KEY.XXXXXXXX.tmp` beside their target (`is_temp_name` recognizes them),
+and are removed when writing fails; only a kill between creating and renaming one can leave it behind. The
+`samscale.process.owner_tag` in the name says which process wrote it, so a clean-up can prove its writer dead before
+removing it (`samscale.sweep.debris`).
+
+A writer whose right to the target can be lost (a run's checkpoint, fenced by its claim) passes `commit`: a context
+manager held around the rename, which raises instead of entering when the writer lost that right; then the temporary
+file is removed and the target is left as it was.
 """
 from __future__ import annotations
 
@@ -11,7 +17,9 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, ContextManager, Iterator
+
+from samscale.process import owner_tag
 
 TEMP_SUFFIX = ".tmp"
 
@@ -19,6 +27,10 @@ TEMP_SUFFIX = ".tmp"
 def temp_prefix(path: str | os.PathLike[str]) -> str:
     """The name prefix of the temporary files written on the way to `path`."""
     return f".{Path(path).name}."
+
+
+def _mkstemp(path: Path) -> tuple[int, str]:
+    return tempfile.mkstemp(dir=path.parent, prefix=f"{temp_prefix(path)}{owner_tag()}.", suffix=TEMP_SUFFIX)
 
 
 def is_temp_name(name: str, target: str | None = None) -> bool:
@@ -43,10 +55,11 @@ def fsync_folder(folder: str | os.PathLike[str]) -> None:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *, encoding: str | None = None,
-                 newline: str | None = None) -> Iterator[IO[Any]]:
-    """Open a temporary file beside `path` for writing (`mode` "w" or "wb"); on a clean exit it replaces `path`.
+                 newline: str | None = None, commit: ContextManager[Any] | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file beside `path` for writing (`mode` "w" or "wb"); on a clean exit it replaces `path`
+    (inside `commit`, when given).
 
-    An exception inside the block removes the temporary file and leaves `path` as it was.
+    An exception inside the block, or from entering `commit`, removes the temporary file and leaves `path` as it was.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write writes whole files; mode must be 'w' or 'wb', got {mode!r}")
@@ -54,13 +67,14 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *, encoding: st
     path.parent.mkdir(parents=True, exist_ok=True)
     if mode == "w" and encoding is None:
         encoding = "utf-8"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=TEMP_SUFFIX)
+    fd, tmp = _mkstemp(path)
     try:
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with commit if commit is not None else contextlib.nullcontext():
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -82,7 +96,8 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def write_with(path: str | os.PathLike[str], writer: Callable[[IO[Any]], Any], mode: str = "wb", **kwargs: Any) -> Path:
-    """Atomically write `path` with `writer(handle)` (e.g. a figure's savefig, a frame's to_csv); returns the path."""
+    """Atomically write `path` with `writer(handle)` (e.g. a figure's savefig, a frame's to_csv); returns the path.
+    Keyword arguments go to `atomic_write` (`commit` among them)."""
     with atomic_write(path, mode, **kwargs) as handle:
         writer(handle)
     return Path(path)
@@ -101,7 +116,7 @@ def create_new(path: str | os.PathLike[str], text: str, encoding: str = "utf-8")
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=TEMP_SUFFIX)
+    fd, tmp = _mkstemp(path)
     try:
         with os.fdopen(fd, "w", encoding=encoding, newline="") as handle:
             handle.write(text)

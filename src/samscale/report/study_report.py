@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from samscale.errors import ConfigError
+from samscale.process import owner_tag
 from samscale.report.paper_values import paper_gains
 from samscale.report.render import write_report
 from samscale.selection.scope import study_runs
@@ -125,12 +126,12 @@ def replace_folder(target: Path, write: Callable[[Path], Path]) -> Path:
                           f"{' or '.join(REPORT_MARKERS)}); choose another output folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
-    fresh = target.with_name(f".{target.name}.new-{token}")
+    fresh = target.with_name(f".{target.name}.new-{owner_tag()}-{token}")  # tagged: a sweep clears it if we die
     fresh.mkdir()
     try:
         written = write(fresh)
         for attempt in range(100):
-            aside = target.with_name(f".{target.name}.old-{token}-{attempt}")
+            aside = target.with_name(f".{target.name}.old-{owner_tag()}-{token}-{attempt}")
             try:
                 os.rename(target, aside)
             except FileNotFoundError:

@@ -13,6 +13,7 @@ class RunStatus(str, Enum):
     DIVERGED = "diverged"  # stopped on a non-finite loss: a finished run that lost, never selected
     FAILED = "failed"  # raised an exception; retried by the next sweep
     BUSY = "busy"  # (sweep outcome only) held by another live sweep, not run here
+    LOST = "lost"  # (sweep outcome only) taken over by another sweep while this one held it; this one stopped it
 
     def __str__(self) -> str:
         return self.value

@@ -1,4 +1,4 @@
 """The run store: every run's spec, status, per-epoch history, final metrics, analyses and code version."""
-from samscale.store.sqlite import RunStore
+from samscale.store.sqlite import Claim, ClaimFence, RunStore
 
-__all__ = ["RunStore"]
+__all__ = ["Claim", "ClaimFence", "RunStore"]

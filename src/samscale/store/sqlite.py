@@ -1,8 +1,10 @@
 """The run store: one SQLite file (WAL mode) holding every run, its per-epoch history, analyses and code version.
 
 Several processes may write one store at once (sweeps, workers): each write is a short transaction, and a run is
-claimed atomically before it is trained, so two sweeps never train the same run. Everything downstream (tables,
-selection, reports) reads the store only.
+claimed atomically before it is trained, so two sweeps never train the same run. Each claim draws a fresh token and
+counts an attempt; every later write for the run (an epoch, a heartbeat, its end, and through `ClaimFence` its
+checkpoint) names its `Claim` and is refused with `ClaimLost`, in the same transaction, once another process has
+taken the run over. Everything downstream (tables, selection, reports) reads the store only.
 """
 from __future__ import annotations
 
@@ -10,17 +12,20 @@ import functools
 import json
 import math
 import os
+import secrets
 import socket
 import sqlite3
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
-from samscale.errors import ConfigError
+from samscale.errors import ClaimLost, ConfigError
 from samscale.names import check_name
+from samscale.process import machine_key, provably_dead
 from samscale.spec.run import RunSpec, flatten
 from samscale.spec.status import FINISHED, STORED, RunStatus
 
@@ -39,6 +44,7 @@ CREATE TABLE IF NOT EXISTS runs (
     final       TEXT,
     error       TEXT,
     owner       TEXT,
+    claim       TEXT,
     heartbeat   REAL,
     code_version TEXT,
     created     REAL NOT NULL,
@@ -48,6 +54,7 @@ CREATE TABLE IF NOT EXISTS history (
     run_id  TEXT NOT NULL,
     epoch   INTEGER NOT NULL,
     metrics TEXT NOT NULL,
+    attempt INTEGER,
     PRIMARY KEY (run_id, epoch)
 );
 CREATE TABLE IF NOT EXISTS analysis (
@@ -64,24 +71,48 @@ CREATE TABLE IF NOT EXISTS study_runs (
 """
 
 
+STALE_AFTER_ENV = "SAMSCALE_STALE_AFTER_S"
+DEFAULT_STALE_AFTER_S = 600.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This process's hold on a run: the token drawn when it claimed the run, and which attempt that claim was."""
+
+    run_id: str
+    token: str
+    attempt: int
+
+
 def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """`host:pid:machine key` of this process (`samscale.process.machine_key`: host, boot and PID namespace)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{machine_key() or '?'}"
 
 
 def _owner_alive(owner: str | None) -> bool:
-    """Whether the process named `host:pid` may still be running (unknown hosts are assumed alive)."""
+    """Whether the process named by `owner` may still be running: only a pid recorded with this process's own
+    machine key (same host, boot and PID namespace) and gone now is dead; any other owner, including records of
+    older stores (`host:pid`), is assumed alive until its heartbeat goes stale."""
     if not owner:
         return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
+    parts = owner.split(":")
+    if len(parts) < 3 or not parts[-2].isdigit():
         return True
+    return not provably_dead(int(parts[-2]), parts[-1])
+
+
+def _stale_after_default() -> float:
+    """`$SAMSCALE_STALE_AFTER_S` if set (e.g. for tests of takeovers), else 600 s."""
+    text = os.environ.get(STALE_AFTER_ENV)
+    if text is None:
+        return DEFAULT_STALE_AFTER_S
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{STALE_AFTER_ENV} must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _plain(value: Any) -> Any:
@@ -117,9 +148,9 @@ def _dumps(value: Any) -> str:
 class RunStore:
     """SQLite-backed store of runs. Safe for several writer processes; each method is one short transaction."""
 
-    def __init__(self, path: str | Path, *, stale_after_s: float = 600.0):
+    def __init__(self, path: str | Path, *, stale_after_s: float | None = None):
         self.path = Path(path)
-        self.stale_after_s = stale_after_s
+        self.stale_after_s = _stale_after_default() if stale_after_s is None else stale_after_s
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=60.0)
@@ -128,8 +159,11 @@ class RunStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
                 columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-                if "code_version" not in columns:  # stores written before runs recorded their code version
-                    db.execute("ALTER TABLE runs ADD COLUMN code_version TEXT")
+                for column in ("code_version", "claim"):  # stores written before runs recorded these
+                    if column not in columns:
+                        db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
+                if "attempt" not in {row[1] for row in db.execute("PRAGMA table_info(history)")}:
+                    db.execute("ALTER TABLE history ADD COLUMN attempt INTEGER")
             finally:
                 db.close()
         except sqlite3.DatabaseError as err:
@@ -188,39 +222,71 @@ class RunStore:
         """run_id → status of every run in the store (one query, for planning large sweeps)."""
         return {r["run_id"]: r["status"] for r in self._rows("SELECT run_id, status FROM runs")}
 
-    def claim(self, run_id: str, *, retry_failed: bool = True) -> bool:
-        """Atomically mark a run as running by this process, unless it is finished or held by a live owner.
+    def claim(self, run_id: str, *, retry_failed: bool = True) -> Claim | None:
+        """Atomically mark a run as running by this process, unless it is finished or held by a live owner; returns
+        the new `Claim` (a fresh token, the next attempt), or None.
 
-        A run left `running` by a process that died (same host, pid gone) or whose heartbeat is older than
-        `stale_after_s` (another host) is taken over, so a killed sweep's runs resume on the next sweep.
+        A run left `running` by a process that provably died (pid gone on this host, boot and PID namespace) or
+        whose heartbeat is older than `stale_after_s` (any holder: another host, a paused or stopped process) is
+        taken over, so a killed sweep's runs resume on the next sweep. The old holder's writes are refused from then on.
         """
         now = time.time()
         claimable = ("pending", "failed") if retry_failed else ("pending",)
         with self._connect() as db:
-            row = db.execute("SELECT status, owner, heartbeat FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            row = db.execute("SELECT status, owner, heartbeat, attempts FROM runs WHERE run_id = ?",
+                             (run_id,)).fetchone()
             if row is None:
                 raise KeyError(f"run {run_id!r} is not registered in {self.path}")
-            status, owner, heartbeat = row
+            status, owner, heartbeat, attempts = row
             if status == "running":
                 if _owner_alive(owner) and (heartbeat or 0) >= now - self.stale_after_s:
-                    return False
+                    return None
             elif status not in claimable:
-                return False
+                return None
+            claim = Claim(run_id, secrets.token_hex(16), attempts + 1)
             db.execute(
-                "UPDATE runs SET status = 'running', owner = ?, heartbeat = ?, updated = ?, attempts = attempts + 1 "
+                "UPDATE runs SET status = 'running', owner = ?, claim = ?, heartbeat = ?, updated = ?, attempts = ? "
                 "WHERE run_id = ?",
-                (_owner(), now, now, run_id),
+                (_owner(), claim.token, now, now, claim.attempt, run_id),
             )
-            return True
+            return claim
 
-    def heartbeat(self, *run_ids: str) -> None:
-        """Tell other sweeps these runs are still alive (their holder keeps calling this while it trains them)."""
-        if not run_ids:
+    def _check(self, db: sqlite3.Connection, claim: Claim) -> None:
+        """Raise ClaimLost unless `claim` still holds its run (inside the caller's write transaction)."""
+        row = db.execute("SELECT status, claim, attempts, owner FROM runs WHERE run_id = ?",
+                         (claim.run_id,)).fetchone()
+        if row is not None and row[0] == "running" and row[1] == claim.token:
             return
+        if row is None:
+            why = "it is no longer in the store"
+        elif row[0] == "running":
+            why = f"attempt {row[2]} by {row[3]} took it over after this holder's heartbeat went stale"
+        else:
+            why = f"it is {row[0]} now"
+        raise ClaimLost(f"run {claim.run_id} (attempt {claim.attempt}) is no longer held by this process: {why}")
+
+    @contextmanager
+    def hold(self, claim: Claim) -> Iterator[None]:
+        """A write transaction in which `claim` is checked to hold its run: what the block does (e.g. rename a
+        checkpoint into place) happens while no one can take the run over. Raises ClaimLost if it was taken."""
+        with self._connect() as db:
+            self._check(db, claim)
+            yield
+
+    def heartbeat(self, *claims: Claim) -> list[str]:
+        """Tell other sweeps these runs are still alive (their holder keeps calling this while it trains them);
+        returns the run_ids among them that this process no longer holds (their beats are not written)."""
+        lost: list[str] = []
+        if not claims:
+            return lost
         now = time.time()
         with self._connect() as db:
-            db.executemany("UPDATE runs SET heartbeat = ? WHERE run_id = ? AND status = 'running'",
-                           [(now, run_id) for run_id in run_ids])
+            for claim in claims:
+                cursor = db.execute("UPDATE runs SET heartbeat = ? WHERE run_id = ? AND claim = ? AND "
+                                    "status = 'running'", (now, claim.run_id, claim.token))
+                if cursor.rowcount == 0:
+                    lost.append(claim.run_id)
+        return lost
 
     def reset(self, run_ids: list[str]) -> None:
         """Forget what these runs produced (status back to pending, history and analyses deleted), to train anew."""
@@ -228,34 +294,44 @@ class RunStore:
         with self._connect() as db:
             for run_id in run_ids:
                 db.execute("UPDATE runs SET status = 'pending', final = NULL, error = NULL, owner = NULL, "
-                           "epochs_done = 0, code_version = NULL, updated = ? WHERE run_id = ?", (now, run_id))
+                           "claim = NULL, epochs_done = 0, code_version = NULL, updated = ? WHERE run_id = ?",
+                           (now, run_id))
                 db.execute("DELETE FROM history WHERE run_id = ?", (run_id,))
                 db.execute("DELETE FROM analysis WHERE run_id = ?", (run_id,))
 
-    def record_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
-        """Store one epoch's metrics (idempotent: a resumed run rewrites the same epoch)."""
+    def record_epoch(self, claim: Claim, epoch: int, metrics: dict[str, float]) -> None:
+        """Store one epoch's metrics of the claimed run, tagged with the claim's attempt (idempotent: a resumed run
+        rewrites the same epoch). Raises ClaimLost, writing nothing, if the claim no longer holds the run."""
         now = time.time()
         with self._connect() as db:
+            self._check(db, claim)
             db.execute(
-                "INSERT OR REPLACE INTO history (run_id, epoch, metrics) VALUES (?, ?, ?)",
-                (run_id, epoch, _dumps(metrics)),
+                "INSERT OR REPLACE INTO history (run_id, epoch, metrics, attempt) VALUES (?, ?, ?, ?)",
+                (claim.run_id, epoch, _dumps(metrics), claim.attempt),
             )
             db.execute(
                 "UPDATE runs SET epochs_done = MAX(epochs_done, ?), heartbeat = ?, updated = ? WHERE run_id = ?",
-                (epoch, now, now, run_id),
+                (epoch, now, now, claim.run_id),
             )
 
-    def finish(self, run_id: str, status: str, final: dict[str, Any] | None = None, error: str | None = None,
+    def finish(self, claim: Claim, status: str, final: dict[str, Any] | None = None, error: str | None = None,
                code_version: str | None = None) -> None:
-        """Mark a run complete, diverged or failed, with its final metrics or error text and the code that ran it."""
+        """Mark the claimed run complete, diverged or failed, with its final metrics or error text and the code that
+        ran it. Raises ClaimLost, writing nothing, if the claim no longer holds the run."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
         with self._connect() as db:
+            self._check(db, claim)
             db.execute(
                 "UPDATE runs SET status = ?, final = ?, error = ?, owner = NULL, updated = ?, code_version = ? "
                 "WHERE run_id = ?",
-                (str(status), _dumps(final) if final is not None else None, error, time.time(), code_version, run_id),
+                (str(status), _dumps(final) if final is not None else None, error, time.time(), code_version,
+                 claim.run_id),
             )
+
+    def fence(self, claims: Iterable[Claim]) -> "ClaimFence":
+        """The checkpoint fence of these claims, for the trainer (`samscale.train.checkpoint.Fence`)."""
+        return ClaimFence(self.path, claims, self.stale_after_s)
 
     def record_analysis(self, run_id: str, name: str, value: Any) -> None:
         """Store one JSON-serializable analysis result of a run (e.g. lambda_max)."""
@@ -278,6 +354,12 @@ class RunStore:
         finally:
             db.close()
 
+    def held_runs(self) -> set[str]:
+        """run_ids held now by a process that may be alive (running, owner not provably dead, heartbeat fresh)."""
+        fresh = time.time() - self.stale_after_s
+        rows = self._rows("SELECT run_id, owner, heartbeat FROM runs WHERE status = 'running'")
+        return {r["run_id"] for r in rows if _owner_alive(r["owner"]) and (r["heartbeat"] or 0) >= fresh}
+
     def status(self, run_id: str) -> str | None:
         """The run's status, or None if the store does not know it."""
         rows = self._rows("SELECT status FROM runs WHERE run_id = ?", (run_id,))
@@ -299,9 +381,10 @@ class RunStore:
         return rows[0]["run_id"]
 
     def history(self, run_id: str) -> pd.DataFrame:
-        """Per-epoch metrics of one run, one row per epoch."""
-        rows = self._rows("SELECT epoch, metrics FROM history WHERE run_id = ? ORDER BY epoch", (run_id,))
-        return pd.DataFrame([{"epoch": r["epoch"], **json.loads(r["metrics"])} for r in rows])
+        """Per-epoch metrics of one run, one row per epoch, with the attempt (claim) that recorded each."""
+        rows = self._rows("SELECT epoch, metrics, attempt FROM history WHERE run_id = ? ORDER BY epoch", (run_id,))
+        return pd.DataFrame([{"epoch": r["epoch"], **json.loads(r["metrics"]), "attempt": r["attempt"]}
+                             for r in rows])
 
     def code_versions(self, run_ids: list[str] | None = None) -> dict[str, str | None]:
         """run_id → the code version that finished it (None for unfinished runs and old stores)."""
@@ -383,3 +466,37 @@ def _label(flat: dict[str, Any]) -> str:
     name, rho = flat["optim.name"], flat["optim.rho"]
     opt = name if name == "sgd" else f"{name}(rho={rho:g})"
     return f"{flat['model.family']}[{flat['model.size']}] {opt} seed={flat['train.seed']}"
+
+
+class ClaimFence:
+    """Checkpoint writes of claimed runs, fenced by their claims (`samscale.train.checkpoint.Fence`).
+
+    `hold(run_id)` is a store write transaction that first checks the claim still holds the run (else ClaimLost):
+    a checkpoint renamed into place inside it can never overwrite the checkpoint of a sweep that took the run over.
+    It pickles (store path and claims), so the processes of a multi-process run write through it as well.
+    """
+
+    def __init__(self, path: str | Path, claims: Iterable[Claim], stale_after_s: float | None = None):
+        self.path = Path(path)
+        self.claims = {claim.run_id: claim for claim in claims}
+        self.stale_after_s = stale_after_s
+        self._store: RunStore | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_store": None}
+
+    def attempt(self, run_id: str) -> int | None:
+        """The attempt that holds `run_id` here (None when this fence does not hold it)."""
+        claim = self.claims.get(run_id)
+        return None if claim is None else claim.attempt
+
+    @contextmanager
+    def hold(self, run_id: str) -> Iterator[None]:
+        """Run the block only while this fence's claim still holds `run_id`; raise ClaimLost otherwise."""
+        claim = self.claims.get(run_id)
+        if claim is None:
+            raise ClaimLost(f"run {run_id} is not held through this fence (held: {', '.join(self.claims) or 'none'})")
+        if self._store is None:
+            self._store = RunStore(self.path, stale_after_s=self.stale_after_s)
+        with self._store.hold(claim):
+            yield

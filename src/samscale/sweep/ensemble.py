@@ -11,18 +11,16 @@ streamed data, per-token tagging), and packs that would hold a single run, go to
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
-import os
 import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Iterator, Protocol
 
+from samscale.errors import ClaimLost
 from samscale.models.registry import param_count
 from samscale.spec.run import RunSpec
 from samscale.spec.status import FINISHED, RunStatus
 from samscale.store import RunStore
-from samscale.sweep.gpus import pool_initializer
-from samscale.sweep.recorder import Heartbeat, RunOutcome, StoreRecorder
+from samscale.sweep.pool import run_in_pool
+from samscale.sweep.recorder import Heartbeat, RunOutcome, StoreRecorder, failed_outcome, lost_outcome
 from samscale.train.ensemble import pack_key, train_ensemble, unpackable_reason
 from samscale.train.events import RunEnded, RunEvent
 
@@ -91,8 +89,10 @@ def execute_pack(spec_jsons: list[str], store_path: str, workdir: str, threads: 
     """Claim the pack's runs (given as RunSpec JSON), train the claimed ones together and record them; one
     RunOutcome per run.
 
-    Runs another sweep holds (or has finished) are left to it. An exception ends the members that had not ended
-    yet as `failed`, with the traceback, instead of ending the sweep.
+    Runs another sweep holds (or has finished) are left to it. A member that cannot be built or restored is
+    recorded `failed` with its own error while the others train; an exception of the pack as a whole ends the
+    members that had not ended yet as `failed`, with the traceback, instead of ending the sweep. A member taken over
+    by another sweep is `lost`: nothing more is written for it.
     """
     specs = [RunSpec.model_validate_json(text) for text in spec_jsons]
     if threads:
@@ -103,7 +103,8 @@ def execute_pack(spec_jsons: list[str], store_path: str, workdir: str, threads: 
     outcomes: list[RunOutcome] = []
     claimed: list[RunSpec] = []
     for spec in specs:
-        if store.claim(spec.run_id):
+        if (claim := store.claim(spec.run_id)) is not None:
+            recorder.claims[spec.run_id] = claim
             claimed.append(spec)
         else:
             status = store.status(spec.run_id)
@@ -111,7 +112,7 @@ def execute_pack(spec_jsons: list[str], store_path: str, workdir: str, threads: 
     if not claimed:
         return outcomes
     ended: dict[str, RunEnded] = {}
-    with Heartbeat(store, [spec.run_id for spec in claimed]) as heartbeat:
+    with Heartbeat(store, recorder.claims.values()) as heartbeat:
 
         def handle(event: RunEvent) -> None:
             recorder(event)
@@ -120,7 +121,8 @@ def execute_pack(spec_jsons: list[str], store_path: str, workdir: str, threads: 
                 heartbeat.release(event.run_id)
 
         try:
-            results = train_ensemble(claimed, workdir=workdir, on_event=handle)
+            results = train_ensemble(claimed, workdir=workdir, on_event=handle,
+                                     fence=store.fence(recorder.claims.values()))
         except Exception:  # isolate failures: the members that did not end are recorded as failed
             error = traceback.format_exc()
             for spec in claimed:
@@ -128,11 +130,15 @@ def execute_pack(spec_jsons: list[str], store_path: str, workdir: str, threads: 
                     event = ended[spec.run_id]
                     outcomes.append(RunOutcome(spec.run_id, spec.label(), str(event.status), final=event.final))
                 else:
-                    recorder.failed(spec.run_id, error)
-                    outcomes.append(RunOutcome(spec.run_id, spec.label(), RunStatus.FAILED.value, error=error))
+                    outcomes.append(failed_outcome(recorder, spec, error))
             return outcomes
-    labels = {spec.run_id: spec.label() for spec in claimed}
-    outcomes += [RunOutcome(r.run_id, labels[r.run_id], str(r.status), final=r.final) for r in results]
+    for spec, result in zip(claimed, results):
+        if result.status == RunStatus.FAILED:  # a member that could not start (or end): its own error
+            outcomes.append(failed_outcome(recorder, spec, result.error or "failed"))
+        elif result.status == RunStatus.LOST:
+            outcomes.append(lost_outcome(spec, ClaimLost(result.error or f"run {spec.run_id} was taken over")))
+        else:
+            outcomes.append(RunOutcome(spec.run_id, spec.label(), str(result.status), final=result.final))
     return outcomes
 
 
@@ -168,12 +174,12 @@ class EnsembleExecutor:
             yield from self.fallback.run(singles, store_path, workdir)
 
     def _pool(self, jobs: list[list[str]], store_path: str, workdir: str) -> Iterator[RunOutcome]:
-        context = mp.get_context("spawn")
-        workers = min(self.workers, len(jobs), len(self.gpu_slots) or len(jobs))
-        initializer, initargs = pool_initializer(self.gpu_slots, self.threads or 1, os.getpid(), context)
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
-            pending: set[Future] = {pool.submit(execute_pack, job, store_path, workdir, self.threads) for job in jobs}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield from future.result()
+        tasks = [(job, store_path, workdir, self.threads) for job in jobs]
+        for outcomes in run_in_pool(execute_pack, tasks, self.workers, self.threads or 1, _abandoned_pack,
+                                    gpu_slots=self.gpu_slots):
+            yield from outcomes
+
+
+def _abandoned_pack(task: tuple, error: str) -> list[RunOutcome]:
+    specs = [RunSpec.model_validate_json(text) for text in task[0]]
+    return [RunOutcome(spec.run_id, spec.label(), RunStatus.FAILED.value, error=error) for spec in specs]

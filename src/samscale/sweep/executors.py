@@ -3,21 +3,24 @@
 Every executor takes RunSpecs and yields a `RunOutcome` per run as runs finish. Executors are the only writers of the
 store, always through `StoreRecorder`: local workers claim their runs and record events as they happen; Ray workers
 only train (and checkpoint), and the driver claims, beats the heartbeat and replays each run's events.
+
+A holder whose run was taken over by another sweep (`ClaimLost` from any fenced write: an epoch, the checkpoint, the
+end) stops that run and reports it `lost`, writing nothing more for it.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from pathlib import Path
 from typing import Iterator
 
+from samscale.errors import ClaimLost
 from samscale.spec.run import RunSpec
 from samscale.spec.status import FINISHED, RunStatus
 from samscale.store import RunStore
-from samscale.sweep.recorder import Heartbeat, RunOutcome, StoreRecorder  # RunOutcome: re-exported
-from samscale.sweep.gpus import DEFAULT_RUNS_PER_GPU, plan_gpu_slots, pool_initializer, uses_gpu, visible_gpus
+from samscale.sweep.gpus import DEFAULT_RUNS_PER_GPU, plan_gpu_slots, uses_gpu, visible_gpus
+from samscale.sweep.pool import run_in_pool
+from samscale.sweep.recorder import (Heartbeat, RunOutcome, StoreRecorder,  # RunOutcome: re-exported
+                                     failed_outcome, lost_outcome)
 from samscale.train.events import EventHandler, RunEvent
 from samscale.train.loop import train_run
 
@@ -32,10 +35,11 @@ def execute_run(spec_json: str, store_path: str, workdir: str, threads: int | No
     if threads:
         spec = spec.model_copy(update={"runtime": spec.runtime.model_copy(update={"threads": threads})})
     store = RunStore(store_path)
-    if not store.claim(spec.run_id):
+    claim = store.claim(spec.run_id)
+    if claim is None:
         status = store.status(spec.run_id)
         return RunOutcome(spec.run_id, spec.label(), status if status in FINISHED else RunStatus.BUSY.value)
-    recorder = StoreRecorder(store)
+    recorder = StoreRecorder(store, claim)
 
     def handle(event: RunEvent) -> None:
         recorder(event)
@@ -43,13 +47,18 @@ def execute_run(spec_json: str, store_path: str, workdir: str, threads: int | No
             on_event(event)
 
     try:
-        with Heartbeat(store, [spec.run_id]):
-            result = train_run(spec, workdir=workdir, on_event=handle)
+        with Heartbeat(store, [claim]):
+            result = train_run(spec, workdir=workdir, on_event=handle, fence=store.fence([claim]))
+    except ClaimLost as lost:
+        return lost_outcome(spec, lost)
     except Exception:  # isolate failures: the sweep records it and goes on
-        error = traceback.format_exc()
-        recorder.failed(spec.run_id, error)
-        return RunOutcome(spec.run_id, spec.label(), RunStatus.FAILED.value, error=error)
+        return failed_outcome(recorder, spec, traceback.format_exc())
     return RunOutcome(spec.run_id, spec.label(), str(result.status), final=result.final)
+
+
+def _abandoned(spec_json: str, *_: object, error: str) -> RunOutcome:
+    spec = RunSpec.model_validate_json(spec_json)
+    return RunOutcome(spec.run_id, spec.label(), RunStatus.FAILED.value, error=error)
 
 
 def default_pool_shape(cpus: int | None = None, small_models: bool = True) -> tuple[int, int]:
@@ -71,7 +80,8 @@ class SerialExecutor:
 
 
 class LocalPoolExecutor:
-    """A pool of `workers` spawned processes with `threads` torch threads each; workers die with the sweep. With
+    """A pool of `workers` spawned processes with `threads` torch threads each; workers die with the sweep, and a
+    worker killed by the OS is replaced by a fresh pool that resumes its run (`samscale.sweep.pool`). With
     `gpu_slots` (`samscale.sweep.gpus`), worker i sees only the GPUs of one slot (at most one worker per slot)."""
 
     def __init__(self, workers: int, threads: int = 1, gpu_slots: list[tuple[str, ...]] | None = None):
@@ -82,24 +92,18 @@ class LocalPoolExecutor:
         self.threads = threads
 
     def run(self, specs: list[RunSpec], store_path: str, workdir: str) -> Iterator[RunOutcome]:
-        context = mp.get_context("spawn")
+        tasks = [(spec.model_dump_json(), store_path, workdir, self.threads) for spec in specs]
         slots = self.gpu_slots if uses_gpu([spec.runtime.device for spec in specs]) else []
-        initializer, initargs = pool_initializer(slots, self.threads, os.getpid(), context)
-        workers = min(self.workers, len(slots)) if slots else self.workers
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
-            pending: set[Future] = {
-                pool.submit(execute_run, spec.model_dump_json(), store_path, workdir, self.threads) for spec in specs
-            }
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
+        yield from run_in_pool(execute_run, tasks, self.workers, self.threads,
+                               lambda task, error: _abandoned(*task, error=error), gpu_slots=slots)
 
 
 class RayExecutor:
     """Runs each spec as a Ray task with the given CPUs/GPUs; the driver alone writes the store.
 
-    Checkpoints go to `workdir`, which must be visible to every node (a shared filesystem) for resume to work.
+    Checkpoints go to `workdir`, which must be visible to every node (a shared filesystem) for resume to work. The
+    driver's writes to the store are fenced by its claims; a Ray worker's checkpoint writes are not (the worker does
+    not open the store), so a driver that was taken over may still have its tasks' checkpoints land.
     """
 
     runs_here = False  # devices and data are the workers' own: the driver does not preflight them
@@ -125,8 +129,9 @@ class RayExecutor:
         refs = {}
         with Heartbeat(store) as heartbeat:
             for spec in specs:
-                if store.claim(spec.run_id):
-                    heartbeat.hold(spec.run_id)
+                if (claim := store.claim(spec.run_id)) is not None:
+                    heartbeat.hold(claim)
+                    recorder.claims[spec.run_id] = claim
                     refs[remote.remote(spec.model_dump_json(), workdir, threads)] = spec
                 else:
                     yield RunOutcome(spec.run_id, spec.label(), RunStatus.BUSY.value)
@@ -135,12 +140,16 @@ class RayExecutor:
                 spec = refs.pop(done[0])
                 heartbeat.release(spec.run_id)
                 try:
-                    events, status, final = ray.get(done[0])
-                except Exception as err:  # a task that raised: record and go on
-                    recorder.failed(spec.run_id, str(err))
-                    yield RunOutcome(spec.run_id, spec.label(), RunStatus.FAILED.value, error=str(err))
+                    try:
+                        events, status, final = ray.get(done[0])
+                    except Exception as err:  # a task that raised: record and go on
+                        recorder.failed(spec.run_id, str(err))
+                        yield RunOutcome(spec.run_id, spec.label(), RunStatus.FAILED.value, error=str(err))
+                        continue
+                    recorder.replay(events)
+                except ClaimLost as lost:
+                    yield lost_outcome(spec, lost)
                     continue
-                recorder.replay(events)
                 yield RunOutcome(spec.run_id, spec.label(), status, final=final)
 
 

@@ -2,7 +2,12 @@
 
 Finished runs are kept only if the same code version produced them (`samscale.version`): by default a sweep refuses
 to mix runs of another code version into a study, and says so; `other_versions="reuse"` keeps them as they are,
-`"rerun"` trains them again with this code.
+`"rerun"` trains them again with this code (their checkpoints are deleted before the store forgets them, so a kill
+in between leaves finished runs of the old version, never a pending run beside an old finished checkpoint).
+Interrupted runs whose checkpoint another code version wrote are never resumed: a sweep refuses them, and says so,
+unless told to train them anew (`"rerun"`).
+
+Before it plans, a sweep clears what killed processes left in the work directory (`samscale.sweep.debris`).
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from samscale.spec.run import RunSpec
 from samscale.spec.status import FINISHED
 from samscale.spec.study import Study
 from samscale.store import RunStore
+from samscale.train.checkpoint import load_checkpoint
+from samscale.sweep.debris import clear_debris
 from samscale.sweep.executors import RunOutcome
 from samscale.sweep.preflight import preflight
 from samscale.sweep.study_file import save_study
@@ -74,6 +81,25 @@ def other_version_runs(store: RunStore, specs: list[RunSpec]) -> dict[str, str |
     return {run_id: version for run_id, version in store.code_versions(finished).items() if version != current}
 
 
+def interrupted_other_version_runs(store: RunStore | None, specs: list[RunSpec],
+                                   workdir: str | Path) -> dict[str, str]:
+    """Unfinished runs among `specs`, held by no live process, whose checkpoint another code version wrote:
+    run_id → that version. A checkpoint that cannot be read is left to its run, which fails with its own error."""
+    statuses, held = (store.statuses(), store.held_runs()) if store is not None else ({}, set())
+    found = {}
+    for spec in specs:
+        path = checkpoint_path(workdir, spec.run_id)
+        if statuses.get(spec.run_id) in FINISHED or spec.run_id in held or not path.is_file():
+            continue
+        try:
+            state = load_checkpoint(path)
+        except ConfigError:
+            continue
+        if state is not None and state.get("code_version") != code_version():
+            found[spec.run_id] = state.get("code_version") or "unrecorded"
+    return found
+
+
 def _describe(others: dict[str, str | None]) -> str:
     versions = sorted({version or "unrecorded" for version in others.values()})
     return f"{len(others)} finished runs of this study were produced by code version {', '.join(versions)}"
@@ -88,26 +114,42 @@ def plan(study: Study, workdir: str | Path, other_versions: OtherVersions = "ref
     if other_versions not in OTHER_VERSIONS:
         raise ConfigError(f"other_versions must be one of {', '.join(OTHER_VERSIONS)}, got {other_versions!r}")
     specs = study.expand()
-    statuses = RunStore(store_path(workdir)).statuses() if store_path(workdir).is_file() else {}
+    existing = RunStore(store_path(workdir)) if store_path(workdir).is_file() else None
+    statuses = existing.statuses() if existing is not None else {}
     if check_here:
         preflight([spec for spec in specs if statuses.get(spec.run_id) not in FINISHED])
-    others = other_version_runs(RunStore(store_path(workdir)), specs) if store_path(workdir).is_file() else {}
+    others = other_version_runs(existing, specs) if existing is not None else {}
+    interrupted = interrupted_other_version_runs(existing, specs, workdir)
     if others and other_versions == "refuse":  # refuse before anything is written
         raise ConfigError(
             f"{_describe(others)}, not by this one ({code_version()}); pass --reuse-other-versions to keep them in "
             "the study as they are, or --rerun-other-versions to train them again with this code"
         )
+    if interrupted and other_versions != "rerun":
+        raise ConfigError(
+            f"{len(interrupted)} interrupted runs of this study have checkpoints of code version "
+            f"{', '.join(sorted(set(interrupted.values())))}, not of this one ({code_version()}), and cannot be "
+            "resumed; pass --rerun-other-versions to train them anew with this code"
+        )
     store, specs = prepare(study, workdir, specs)
-    decision = {"total": len(specs), "other_versions": len(others), "action": other_versions, "message": ""}
+    for run_id in interrupted:  # first the checkpoints, then the history they wrote
+        checkpoint_path(workdir, run_id).unlink(missing_ok=True)
+    store.reset(list(interrupted))
+    cleared = clear_debris(workdir, store)
+    decision = {"total": len(specs), "other_versions": len(others), "action": other_versions, "message": "",
+                "cleared": [str(path) for path in cleared]}
     if others:
         described = _describe(others)
         if other_versions == "rerun":
-            store.reset(list(others))
-            for run_id in others:  # a finished checkpoint would be resumed as finished: start from scratch
+            for run_id in others:  # first the checkpoints: a finished one must never meet a pending run
                 checkpoint_path(workdir, run_id).unlink(missing_ok=True)
+            store.reset(list(others))
             decision["message"] = f"{described}; training them again with {code_version()}"
         else:
             decision["message"] = f"{described}; reusing them as they are (--reuse-other-versions)"
+    if interrupted:
+        anew = f"{len(interrupted)} interrupted runs had checkpoints of another code version; training them anew"
+        decision["message"] = "; ".join(filter(None, [decision["message"], anew]))
     statuses = store.statuses()
     todo = [spec for spec in specs if statuses.get(spec.run_id) not in FINISHED]
     todo.sort(key=estimated_cost, reverse=True)  # longest first: the pool's last runs are short ones

@@ -5,7 +5,10 @@ with ``torch.multiprocessing``'s spawn context rather than torchrun: the run sta
 launcher to wrap it in), the parent keeps the run store and the heartbeat exactly as for one process (the trainer
 never writes the store; rank 0's events come back through a queue and go to the caller's handler), and a failure
 in any rank ends the whole run with that rank's traceback. The processes meet through a file in a temporary folder
-(no port to pick or collide on). The backend is gloo on CPU and NCCL on CUDA, one GPU per rank
+(no port to pick or collide on; its name carries the parent's `owner_tag`, so a sweep can remove the folder of a
+parent that was killed). Each process dies with the parent through the kernel's parent-death signal
+(`samscale.process.die_with_parent`), as a sweep's pool workers do: a killed parent never leaves rank 0 writing the
+run's checkpoint while the next sweep trains it again. The backend is gloo on CPU and NCCL on CUDA, one GPU per rank
 (`samscale.train.placement`: rank r uses the r-th visible GPU; more ranks than GPUs is refused before any starts).
 Under torchrun, `train_run` joins torchrun's group instead (env:// rendezvous, which can span nodes).
 
@@ -26,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from samscale.process import die_with_parent, owner_tag
 from samscale.spec.run import RunSpec
 from samscale.train.events import EventHandler
 from samscale.train.placement import COLLECTIVE_TIMEOUT, bind_rank, check_process_count
@@ -40,9 +44,11 @@ def launch(
     workdir: str | Path | None = None,
     on_event: EventHandler | None = None,
     max_epochs: int | None = None,
+    fence: Any = None,
 ) -> Any:
-    """Run ``target(spec, workdir=, on_event=, max_epochs=)`` in ``spec.runtime.nproc`` processes; return rank 0's
-    result. ``target`` must be importable by name (a module-level function such as ``train_run``)."""
+    """Run ``target(spec, workdir=, on_event=, max_epochs=, fence=)`` in ``spec.runtime.nproc`` processes; return
+    rank 0's result. ``target`` must be importable by name (a module-level function such as ``train_run``); `fence`
+    (a picklable `samscale.train.checkpoint.Fence`) goes to every process."""
     nproc = spec.runtime.nproc
     if nproc < 2:
         raise ValueError(f"launch needs runtime.nproc >= 2, got {nproc}")
@@ -51,10 +57,10 @@ def launch(
     check_process_count(nproc, spec.runtime.device)
     ctx = mp.get_context("spawn")
     messages = ctx.Queue()
-    with tempfile.TemporaryDirectory(prefix="samscale-rendezvous-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f"samscale-rendezvous-{owner_tag()}-") as folder:
         init_method = Path(folder, "store").as_uri()
         args = (target, nproc, init_method, spec.model_dump_json(), None if workdir is None else str(workdir),
-                max_epochs, messages)
+                max_epochs, messages, os.getpid(), fence)
         processes = [ctx.Process(target=_worker, args=(rank, *args), name=f"samscale-rank{rank}", daemon=True)
                      for rank in range(nproc)]
         for process in processes:
@@ -93,8 +99,10 @@ def _relay(messages: Any, processes: list[Any], emit: EventHandler) -> Any:
 
 
 def _worker(rank: int, target: Callable[..., Any], nproc: int, init_method: str, spec_json: str,
-            workdir: str | None, max_epochs: int | None, messages: Any) -> None:
-    """One process: join the group, train its part of the run, send rank 0's events and result home."""
+            workdir: str | None, max_epochs: int | None, messages: Any, parent_pid: int, fence: Any) -> None:
+    """One process: tie its life to the parent's, join the group, train its part of the run, send rank 0's events
+    and result home."""
+    die_with_parent(parent_pid)
     spec = RunSpec.model_validate_json(spec_json)
     cuda = bind_rank(rank, spec.runtime.device)
     if spec.runtime.threads is None:  # share the CPUs instead of every process taking all of them
@@ -103,7 +111,7 @@ def _worker(rank: int, target: Callable[..., Any], nproc: int, init_method: str,
                             timeout=COLLECTIVE_TIMEOUT)
     try:
         on_event = (lambda event: messages.put(("event", event))) if rank == 0 else None
-        result = target(spec, workdir=workdir, on_event=on_event, max_epochs=max_epochs)
+        result = target(spec, workdir=workdir, on_event=on_event, max_epochs=max_epochs, fence=fence)
         if rank == 0:
             messages.put(("result", result))
     except BaseException:

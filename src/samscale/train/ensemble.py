@@ -17,7 +17,12 @@ parameters are stacked along a leading member dimension and every forward/backwa
 - its own events (`RunStarted`, `EpochEnded`, `RunEnded`), history and checkpoint, in `train_run`'s format, so a
   member can be resumed by `train_run` and a run checkpointed by `train_run` can join a pack. A finished member's
   final metrics, end-of-training analysis and weights-only checkpoint are produced by `train_run` itself, resuming
-  from the member's last checkpoint.
+  from the member's last checkpoint;
+- its own failures: a member that cannot be built or restored (say, its checkpoint is damaged), or whose end
+  (`train_run` resuming its finished checkpoint) raises, leaves the pack with its own error (a `failed` RunResult)
+  and the others train on; a member whose run another sweep took over (`ClaimLost` from its fenced checkpoint or
+  recorded epoch) ends `lost` and leaves the pack. An error of the pack's shared training step ends every member
+  still in it.
 
 Numbers equal one-by-one `train_run` within floating-point tolerance, not bitwise: batched matrix products and the
 per-member norms sum in a different order. The "seconds" of an epoch row is the pack's epoch time divided by the
@@ -41,6 +46,7 @@ import json
 import math
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -51,10 +57,11 @@ from torch.func import functional_call, vmap
 from samscale.data import make_loader
 from samscale.data.augment import host_to_device
 from samscale.data.registry import DATASETS
+from samscale.errors import ClaimLost
 from samscale.optim import SAM, frozen_bn_stats
 from samscale.spec.run import CHEAP_VARIANTS, RunSpec
 from samscale.spec.status import RunStatus
-from samscale.train.checkpoint import load_checkpoint, save_checkpoint
+from samscale.train.checkpoint import Fence, resume_state, save_checkpoint
 from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunEvent, RunStarted
 from samscale.train.loop import RunResult, _Run, _torch_threads, resolve_device, train_run
 from samscale.train.precision import compute_record, precision_policy
@@ -124,12 +131,14 @@ def train_ensemble(
     workdir: str | Path | None = None,
     on_event: EventHandler | None = None,
     max_epochs: int | None = None,
+    fence: Fence | None = None,
 ) -> list[RunResult]:
     """Train the runs `specs` (one pack: equal `pack_key`, all packable) together; one RunResult per spec, in order.
 
     Like `train_run`: each member resumes from its checkpoint under `workdir` when one exists, events go to
-    `on_event`, and `max_epochs` stops after that many epochs in this call (members then end `running`). Without a
-    `workdir` the checkpoints go to a temporary folder that is deleted on return.
+    `on_event`, `max_epochs` stops after that many epochs in this call (members then end `running`), and `fence`
+    fences every member's checkpoint writes. Without a `workdir` the checkpoints go to a temporary folder that is
+    deleted on return. A member that cannot start or end is returned `failed` with its own error.
     """
     _check_pack(specs)
     if not specs:
@@ -140,8 +149,8 @@ def train_ensemble(
     with _torch_threads(runtime.threads), precision_policy(runtime.precision, cudnn_benchmark=benchmark):
         if workdir is None:
             with tempfile.TemporaryDirectory(prefix="samscale-ensemble-") as scratch:
-                return _train_members(specs, Path(scratch), emit, max_epochs)
-        return _train_members(specs, Path(workdir), emit, max_epochs)
+                return _train_members(specs, Path(scratch), emit, max_epochs, fence)
+        return _train_members(specs, Path(workdir), emit, max_epochs, fence)
 
 
 def _check_pack(specs: list[RunSpec]) -> None:
@@ -160,13 +169,15 @@ def _check_pack(specs: list[RunSpec]) -> None:
 class _Member:
     """One run of a pack: its `_Run` (model, loader, optimizer, scheduler, history), checkpoint and status."""
 
-    def __init__(self, spec: RunSpec, device: torch.device, workdir: Path, emit: EventHandler):
+    def __init__(self, spec: RunSpec, device: torch.device, workdir: Path, emit: EventHandler, fence: Fence | None):
         self.spec = spec
+        self.fence = fence
         self.run = _Run(spec, device)
         self.ckpt = checkpoint_path(workdir, spec.run_id)
-        if (state := load_checkpoint(self.ckpt)) is not None:
+        if (state := resume_state(self.ckpt)) is not None:
             self.run.restore(state)
         self.status = RunStatus.COMPLETE if self.run.epoch >= spec.train.epochs else RunStatus.RUNNING
+        self.lost: str | None = None
         self.run.optimizer._opt_called = True  # the pack updates the weights; the scheduler must not warn
         emit(RunStarted(spec, self.run.n_params, list(self.run.history)))
 
@@ -176,27 +187,31 @@ class _Member:
         return optimizer.base_optimizer if isinstance(optimizer, SAM) else optimizer
 
     def end_epoch(self, row: dict[str, float], emit: EventHandler, diverged: bool) -> None:
-        """Record a finished epoch (checkpointed unless it diverged, as `train_run` does) and announce it."""
+        """Record a finished epoch (checkpointed unless it diverged, as `train_run` does) and announce it. A member
+        whose run was taken over (ClaimLost) ends `lost`, writing nothing more, and leaves the pack."""
         self.run.epoch += 1
         self.run.history.append(row)
         # one (SGD) or two (SAM) passes per step over the member's batches; its share of the pack's time
         self.run.count_passes((2 if self.spec.optim.is_sam else 1) * len(self.run.loader))
         self.run.cost["optimizer_seconds"] += row.get("seconds", 0.0)
-        if diverged:
-            self.status = RunStatus.DIVERGED
-        else:
-            save_checkpoint(self.ckpt, self.run.state())
-            if self.run.epoch >= self.spec.train.epochs:
-                self.status = RunStatus.COMPLETE
-        emit(EpochEnded(self.spec.run_id, self.run.epoch, row))
+        try:
+            if diverged:
+                self.status = RunStatus.DIVERGED
+            else:
+                save_checkpoint(self.ckpt, self.run.state(fence=self.fence), self.fence)
+                if self.run.epoch >= self.spec.train.epochs:
+                    self.status = RunStatus.COMPLETE
+            emit(EpochEnded(self.spec.run_id, self.run.epoch, row))
+        except ClaimLost as err:
+            self.status, self.lost = RunStatus.LOST, str(err)
 
     def finish(self, workdir: Path, emit: EventHandler) -> RunResult:
         """The member's result; a complete member's final metrics come from `train_run` resuming its checkpoint."""
         run_id = self.spec.run_id
         if self.status == RunStatus.COMPLETE:
-            return train_run(self.spec, workdir=workdir, on_event=_without_start(emit))
-        if self.status == RunStatus.RUNNING:
-            return RunResult(run_id, RunStatus.RUNNING, {}, self.run.history)
+            return train_run(self.spec, workdir=workdir, on_event=_without_start(emit), fence=self.fence)
+        if self.status in (RunStatus.RUNNING, RunStatus.LOST):
+            return RunResult(run_id, self.status, {}, self.run.history, error=self.lost)
         final = summarize_history(self.run.history, score=validation_score(self.run.dataset.task))
         final["n_params"] = self.run.n_params
         final["n_nonzero"] = int(sum(int((p != 0).sum()) for p in self.run.model.parameters()))
@@ -219,16 +234,36 @@ def _without_start(emit: EventHandler) -> EventHandler:
     return handler
 
 
-def _train_members(specs: list[RunSpec], workdir: Path, emit: EventHandler, max_epochs: int | None) -> list[RunResult]:
+def _train_members(specs: list[RunSpec], workdir: Path, emit: EventHandler, max_epochs: int | None,
+                   fence: Fence | None) -> list[RunResult]:
     device = resolve_device(specs[0].runtime.device)
-    members = [_Member(spec, device, workdir, emit) for spec in specs]
+    members: dict[str, _Member] = {}
+    failed: dict[str, RunResult] = {}
+    for spec in specs:  # a member that cannot be built or restored leaves the pack with its own error
+        try:
+            members[spec.run_id] = _Member(spec, device, workdir, emit, fence)
+        except ClaimLost as err:
+            failed[spec.run_id] = RunResult(spec.run_id, RunStatus.LOST, {}, error=str(err))
+        except Exception:
+            failed[spec.run_id] = RunResult(spec.run_id, RunStatus.FAILED, {}, error=traceback.format_exc())
     by_epoch: dict[int, list[_Member]] = {}
-    for member in members:  # members resumed at different epochs train as separate packs
+    for member in members.values():  # members resumed at different epochs train as separate packs
         if member.status == RunStatus.RUNNING:
             by_epoch.setdefault(member.run.epoch, []).append(member)
     for epoch in sorted(by_epoch):
         _Pack(by_epoch[epoch], device).train(emit, max_epochs)
-    return [member.finish(workdir, emit) for member in members]
+    results = []
+    for spec in specs:
+        if spec.run_id in failed:
+            results.append(failed[spec.run_id])
+            continue
+        try:
+            results.append(members[spec.run_id].finish(workdir, emit))
+        except ClaimLost as err:
+            results.append(RunResult(spec.run_id, RunStatus.LOST, {}, error=str(err)))
+        except Exception:
+            results.append(RunResult(spec.run_id, RunStatus.FAILED, {}, error=traceback.format_exc()))
+    return results
 
 
 def _per_member(values: Iterable[float], device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
@@ -367,6 +402,7 @@ class _Pack:
                 row.update(eval_metrics[i])
                 self._sync(i, member)
                 member.end_epoch(row, emit, False)
+            self._keep([i for i, member in enumerate(self.members) if member.status != RunStatus.LOST])
 
     def _train_epoch(self) -> list[dict[str, float]]:
         self.template.train()

@@ -32,7 +32,7 @@ from samscale.optim.sync import GradientSync, rank_slice
 from samscale.sparsity import MaskEnforcer, make_masks
 from samscale.spec.run import DataSpec, RunSpec
 from samscale.spec.status import RunStatus
-from samscale.train.checkpoint import load_checkpoint, save_checkpoint
+from samscale.train.checkpoint import Fence, origin, resume_state, save_checkpoint
 from samscale.train.curvature import analyze_model
 from samscale.train.distributed import launch
 from samscale.train.placement import launched_by_torchrun, torchrun_group
@@ -55,12 +55,14 @@ RANDOM_SAM_SEED_OFFSET = 4_000_037  # random_sam's choice of SAM steps
 
 @dataclass
 class RunResult:
-    """What a run ended with: status (complete, diverged), final summary metrics and per-epoch history."""
+    """What a run ended with: status (complete, diverged; failed only for a pack member that could not start, with
+    its error), final summary metrics and per-epoch history."""
 
     run_id: str
     status: str
     final: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
+    error: str | None = None  # why a run that could not start failed (status `failed`; e.g. a pack member)
 
 
 @lru_cache(maxsize=4)
@@ -270,14 +272,16 @@ class _Run:
         )
 
     # -- checkpoint state ------------------------------------------------------------------------------------
-    def state(self, *, weights_only: bool = False) -> dict[str, Any]:
-        """Everything needed to continue this run bit-identically (and to know which run it is).
+    def state(self, *, weights_only: bool = False, fence: Fence | None = None) -> dict[str, Any]:
+        """Everything needed to continue this run bit-identically, and where it comes from (run, attempt of
+        `fence`'s claim, code version).
 
         With `weights_only` (a finished run), the optimizer, scheduler and data-order state are left out: analysis
         needs the weights, and a finished run is never continued.
         """
         state = {
             "run_id": self.spec.run_id,
+            **origin(self.spec.run_id, fence),
             "spec": self.spec.model_dump_json(),
             "epoch": self.epoch,
             "model": self.model.state_dict(),
@@ -472,26 +476,30 @@ def train_run(
     workdir: str | Path | None = None,
     on_event: EventHandler | None = None,
     max_epochs: int | None = None,
+    fence: Fence | None = None,
 ) -> RunResult:
     """Train one run to completion (or divergence), resuming from its checkpoint under `workdir` if present.
 
     Events (`RunStarted`, `EpochEnded`, `RunEnded`) go to `on_event`. `max_epochs` stops early after that many
     epochs in this call (the run stays resumable; the result's status is `running`); used to test resume.
+    `fence` (the run store's claim) fences every checkpoint write: a holder that lost the run raises ClaimLost
+    instead of writing. A checkpoint of another code version is refused (ConfigError), never resumed.
     With `runtime.nproc` > 1 the run is trained by that many processes (`samscale.train.distributed`); only rank 0
     writes checkpoints, evaluates and reports, and the call returns rank 0's result.
     """
     if spec.runtime.nproc > 1 and GradientSync.from_environment() is None:
         if launched_by_torchrun():  # one of torchrun's ranks: join its group (env:// rendezvous, may span nodes)
             with torchrun_group(spec.runtime.nproc, spec.runtime.device):
-                return train_run(spec, workdir=workdir, on_event=on_event, max_epochs=max_epochs)
-        return launch(train_run, spec, workdir=workdir, on_event=on_event, max_epochs=max_epochs)
+                return train_run(spec, workdir=workdir, on_event=on_event, max_epochs=max_epochs, fence=fence)
+        return launch(train_run, spec, workdir=workdir, on_event=on_event, max_epochs=max_epochs, fence=fence)
     device = resolve_device(spec.runtime.device)
     with _torch_threads(spec.runtime.threads), precision_policy(
             spec.runtime.precision, cudnn_benchmark=spec.runtime.cudnn_benchmark and device.type == "cuda"):
-        return _train(spec, workdir, on_event or (lambda event: None), max_epochs)
+        return _train(spec, workdir, on_event or (lambda event: None), max_epochs, fence)
 
 
-def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_epochs: int | None) -> RunResult:
+def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_epochs: int | None,
+           fence: Fence | None) -> RunResult:
     device = resolve_device(spec.runtime.device)
     if spec.rl.env is not None:  # a DQN run: its own loop (samscale.train.rl), the same events and checkpoints
         record = compute_record(device, spec.runtime.precision)
@@ -502,14 +510,14 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
             emit(event)
 
         status, final, history = train_rl(spec, workdir, emit_recorded, max_epochs, device=device,
-                                          build_optimizer=build_optimizer)
+                                          build_optimizer=build_optimizer, fence=fence)
         return RunResult(spec.run_id, status, final, history)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     run = _Run(spec, device)
     run_id = spec.run_id
     ckpt = checkpoint_path(workdir, run_id) if workdir is not None else None
-    if ckpt is not None and (state := load_checkpoint(ckpt)) is not None:
+    if ckpt is not None and (state := resume_state(ckpt)) is not None:
         run.restore(state)
     emit(RunStarted(spec, run.n_params, list(run.history)))
 
@@ -535,7 +543,7 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
         row.update(metrics)
         run.history.append(row)
         if ckpt is not None and run.is_main:
-            save_checkpoint(ckpt, run.state())
+            save_checkpoint(ckpt, run.state(fence=fence), fence)
         emit(EpochEnded(run_id, run.epoch, row))
 
     final = summarize_history(run.history, score=validation_score(run.dataset.task))
@@ -552,6 +560,6 @@ def _train(spec: RunSpec, workdir: str | Path | None, emit: EventHandler, max_ep
             report = analyze_model(spec, run.model, run.dataset, run.loss_fn)
             final.update({f"analysis.{name}": value for name, value in scalar_summary(report).items()})
         if ckpt is not None:
-            save_checkpoint(ckpt, run.state(weights_only=not spec.runtime.keep_optimizer_state))
+            save_checkpoint(ckpt, run.state(weights_only=not spec.runtime.keep_optimizer_state, fence=fence), fence)
     emit(RunEnded(run_id, status, final))
     return RunResult(run_id, status, final, run.history)

@@ -22,6 +22,7 @@ writes the same atomic, weights_only-loadable checkpoints, and ends `diverged` (
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -38,7 +39,7 @@ from samscale.models.registry import build_model, count_params
 from samscale.optim import SAM, sam_update
 from samscale.spec.run import RunSpec, dqn_problem
 from samscale.spec.status import RunStatus
-from samscale.train.checkpoint import load_checkpoint, save_checkpoint
+from samscale.train.checkpoint import Fence, origin, resume_state, save_checkpoint
 from samscale.train.events import EpochEnded, EventHandler, RunEnded, RunStarted
 from samscale.train.replay import FrameReplay, FrameStack
 from samscale.train.summary import summarize_history
@@ -191,15 +192,20 @@ class _Agent:
         return {f"{stream}_return": mean, f"{stream}_return_std": std}
 
     # -- checkpoint state ------------------------------------------------------------------------------------
-    def save(self, ckpt: Path, replay: Path, *, weights_only: bool = False) -> None:
+    def save(self, ckpt: Path, replay: Path, fence: Fence | None = None, *, weights_only: bool = False) -> None:
         """Write the checkpoint (after appending the buffer's new chunks to `replay`); a finished run may keep
-        only its weights, and then its replay folder goes."""
-        state: dict[str, Any] = {"run_id": self.spec.run_id, "spec": self.spec.model_dump_json(), "epoch": self.epoch,
-                                 "model": self.q.state_dict(), "history": self.history}
+        only its weights, and then its replay folder goes. With `fence`, the chunks are appended and the checkpoint
+        renamed into place only while this process still holds the run (else `ClaimLost`, and nothing is written
+        or pruned)."""
+        run_id = self.spec.run_id
+        state: dict[str, Any] = {"run_id": run_id, "spec": self.spec.model_dump_json(), "epoch": self.epoch,
+                                 "model": self.q.state_dict(), "history": self.history, **origin(run_id, fence)}
         if not weights_only:
+            with fence.hold(run_id) if fence is not None else contextlib.nullcontext():
+                buffer = self.buffer.save(replay)
             state.update(target=self.target.state_dict(), optimizer=self.optimizer.state_dict(),
-                         buffer=self.buffer.save(replay), generator=self.generator.get_state(), steps=self.steps)
-        save_checkpoint(ckpt, state)
+                         buffer=buffer, generator=self.generator.get_state(), steps=self.steps)
+        save_checkpoint(ckpt, state, fence)
         if weights_only:
             FrameReplay.clear(replay)
         else:
@@ -230,6 +236,7 @@ def train_rl(
     *,
     device: torch.device,
     build_optimizer: Callable[[RunSpec, list[nn.Parameter]], torch.optim.Optimizer],
+    fence: Fence | None = None,
 ) -> tuple[str, dict[str, Any], list[dict[str, float]]]:
     """Run (or resume) a DQN run: returns (status, final summary, history); see the module docstring."""
     if problem := dqn_problem(spec):  # refused when the spec is validated; a spec built without validation too
@@ -238,7 +245,7 @@ def train_rl(
     run_id = spec.run_id
     ckpt = checkpoint_path(workdir, run_id) if workdir is not None else None
     replay = replay_path(workdir, run_id) if workdir is not None else None
-    if ckpt is not None and (state := load_checkpoint(ckpt)) is not None:
+    if ckpt is not None and (state := resume_state(ckpt)) is not None:
         agent.restore(state, replay)
     elif replay is not None:
         FrameReplay.clear(replay)  # chunks left by a deleted checkpoint belong to no run state
@@ -263,12 +270,12 @@ def train_rl(
         row["seconds"] = time.perf_counter() - started
         agent.history.append(row)
         if ckpt is not None:
-            agent.save(ckpt, replay)
+            agent.save(ckpt, replay, fence)
         emit(EpochEnded(run_id, agent.epoch, row))
     final = summarize_history(agent.history, score="val_return")
     final.update(n_params=agent.n_params, n_nonzero=int(sum(int((p != 0).sum()) for p in agent.q.parameters())),
                  data_source=agent.info.description, substitute_for=None if spec.rl.is_ale else "atari")
     if status == RunStatus.COMPLETE and ckpt is not None:
-        agent.save(ckpt, replay, weights_only=not spec.runtime.keep_optimizer_state)
+        agent.save(ckpt, replay, fence, weights_only=not spec.runtime.keep_optimizer_state)
     emit(RunEnded(run_id, status, final))
     return status, final, agent.history
