@@ -3,6 +3,7 @@ store, and the solution-space experiment's distances and sharpness against indep
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pandas as pd
@@ -170,6 +171,42 @@ def test_two_layer_smoke_writes_exponents_matching_its_table(tmp_path):
     for method, exponent in results["exponents"].items():
         mine = summary[summary["method"] == method]
         expected = fit_exponent(list(mine["width"]), list(mine["mean"]))
-        assert exponent == pytest.approx(expected, nan_ok=True)
+        assert (math.nan if exponent is None else exponent) == pytest.approx(expected, nan_ok=True)  # JSON: NaN → null
     runs = pd.DataFrame(results["runs"])
     assert runs.groupby(["width", "method"])["test_error"].mean().tolist() == pytest.approx(summary["mean"].tolist())
+
+
+def test_two_layer_budgets_sit_in_the_harmful_overfitting_regime_and_gd_fails_there():
+    from samscale.experiments.two_layer.run import BUDGETS as TWO_LAYER, _train, patch_data, test_error
+
+    for name, plan in TWO_LAYER.items():  # n‖μ‖⁴ < σ⁴d: Chen et al.'s regime where GD memorizes the noise
+        assert plan.n * plan.signal**4 < plan.sigma**4 * plan.d and plan.snr == pytest.approx(
+            plan.n * plan.signal**4 / (plan.sigma**4 * plan.d)), name
+    assert TWO_LAYER["cpu"].snr < 0.3  # a factor 4 below the criterion (the old constants sat 20× above it)
+    plan = TWO_LAYER["cpu"]
+    generator = torch.Generator().manual_seed(1000)
+    x, y_clean = patch_data(plan, plan.n, generator)
+    y = torch.where(torch.rand(plan.n, generator=generator) < plan.flip, -y_clean, y_clean)
+    w = _train(plan, min(plan.widths), 0, "gd", x, y)
+    error, mistakes, points = test_error(plan, w, torch.Generator().manual_seed(1))
+    assert error > 0.1 and mistakes >= plan.min_mistakes  # far from 0, and estimated within ±10 %
+
+
+def test_two_layer_projected_test_error_equals_the_error_on_explicit_test_points():
+    from samscale.experiments.two_layer.run import BUDGETS as TWO_LAYER, network, patch_data, relative_half_width
+    from samscale.experiments.two_layer.run import test_error
+
+    plan = replace(TWO_LAYER["smoke"], d=30, min_mistakes=10**9, max_test=200_000)
+    w = 0.3 * torch.randn(2, 3, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w[:, :, 0] = torch.tensor([[0.2, -0.1, 0.05], [-0.15, 0.1, 0.0]], dtype=torch.float64)  # weak signal weights
+    x, y = patch_data(plan, 200_000, torch.Generator().manual_seed(1))
+    direct = float((torch.sign(network(w, x)) != y).double().mean())
+    projected, mistakes, points = test_error(plan, w, torch.Generator().manual_seed(2))
+    assert points == 200_000 and 0.05 < direct < 0.5
+    # two independent estimates of one error: their difference is within 4.5 standard errors
+    assert abs(projected - direct) < 4.5 * math.sqrt(2 * direct * (1 - direct) / 200_000)
+    assert relative_half_width(400, 10_000) == pytest.approx(1.96 * math.sqrt(0.04 * 0.96 / 10_000) / 0.04, rel=1e-4)
+    assert relative_half_width(0, 10) == math.inf
+    # the sampler stops once it has counted enough mistakes
+    error, mistakes, points = test_error(replace(plan, min_mistakes=400), w, torch.Generator().manual_seed(3))
+    assert mistakes >= 400 and points < 200_000 and relative_half_width(mistakes, points) < 0.1
