@@ -140,10 +140,43 @@ def test_linearized_smoke_reports_both_regimes_and_gains_recomputed_from_runs(tm
     assert page.exists() and (tmp_path / "figures" / "accuracy.png").exists()
     runs = pd.DataFrame(results["runs"])
     assert sorted(set(runs["regime"])) == ["linearized", "standard"] and len(runs) == 4
+    assert {"val_acc", "rho"} <= set(runs.columns)
     for row in results["summary"]:
         mine = runs[runs["regime"] == row["regime"]].set_index("method")["test_acc"]
         assert row["gain_points_mean"] == pytest.approx(mine["sam"] - mine["sgd"], abs=1e-9)
         assert row["gain_relative_pct_mean"] == pytest.approx(100 * (mine["sam"] - mine["sgd"]) / mine["sgd"])
+
+
+def test_linearized_rho_is_chosen_per_model_on_validation_and_the_gain_carries_a_t_interval():
+    from samscale.experiments.linearized.run import BUDGETS as LINEARIZED, _summary, _verdict, choose_rho
+
+    cpu = LINEARIZED["cpu"]
+    assert cpu.n_test is None and len(cpu.seeds) >= 3 and cpu.weight_decay == 1e-4 and cpu.n_val > 0
+    assert len(cpu.rhos) >= 3
+    rows = []
+    # validation prefers ρ = 0.2 for the linearized model and 0.05 for the standard one; test says otherwise
+    for seed, (sgd, lin_gain, std_gain) in enumerate(((80.0, -9.0, 1.0), (81.0, -11.0, 2.0), (79.0, -10.0, 0.0))):
+        for regime, gain, best in (("linearized", lin_gain, 0.2), ("standard", std_gain, 0.05)):
+            rows.append({"seed": seed, "regime": regime, "method": "sgd", "rho": 0.0, "test_acc": sgd,
+                         "val_acc": 50.0})
+            for rho in (0.05, 0.2):
+                rows.append({"seed": seed, "regime": regime, "method": "sam", "rho": rho,
+                             "test_acc": sgd + gain if rho == best else sgd + 5, "val_acc": 60.0 if rho == best else 55.0})
+    runs = pd.DataFrame(rows)
+    chosen = choose_rho(runs)
+    assert chosen == {"linearized": 0.2, "standard": 0.05}
+    summary = _summary(runs, chosen).set_index("regime")
+    lin = summary.loc["linearized"]
+    assert lin["seeds"] == 3 and lin["gain_points_mean"] == pytest.approx(-10.0)
+    assert lin["gain_points_ci95"] == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-6)  # t_{0.975,2}·s/√n
+    relative = [100 * g / s for s, g in ((80.0, -9.0), (81.0, -11.0), (79.0, -10.0))]
+    assert lin["gain_relative_pct_mean"] == pytest.approx(sum(relative) / 3)
+    lines = _verdict(summary.reset_index())
+    assert any("reaches across −10" in line for line in lines)
+    far = summary.reset_index().assign(gain_points_mean=[-30.0, 1.0], gain_relative_pct_mean=[-35.0, 1.0])
+    assert sum("supports the paper's claim" in line for line in _verdict(far)) == 2
+    near = summary.reset_index().assign(gain_points_mean=[0.0, 1.0], gain_relative_pct_mean=[0.0, 1.0])
+    assert sum("rules out the paper's claim" in line for line in _verdict(near)) == 2
 
 
 def test_two_layer_network_data_and_exponent_fit_against_hand_computations():
