@@ -298,29 +298,41 @@ def test_tagger_vocabulary_is_the_training_split_and_its_unknown_word_is_trained
     from samscale.train.loop import token_cross_entropy
 
     options = dict(num_train=300, num_test=60, max_len=20, seed=3)
-    data = load_dataset("pos-standin", val_size=100, **options)
+    data = load_dataset("pos-standin", val_size=100, augment=True, **options)
     train_words, test_words = generate_tagged(300, 60, 3, 20)
     train_index, val_index = partition_indices(300, val_size=100, seed=0)
     counts = Counter(w for i in train_index.tolist() for w in train_words[i][0])
     val_only = {w for i in val_index.tolist() for w in train_words[i][0]} - set(counts)
     assert val_only, "the draw must hold words that occur only in the carved validation sentences"
-    assert data.input_shape == (20, 2 + sum(c >= 2 for c in counts.values()))  # no validation word in the vocabulary
+    assert data.input_shape == (20, 2 + len(counts))  # no validation word in the vocabulary
     # a test token whose word never occurs in the training split is the unknown id; so is every validation-only word
     unseen = [(row, col) for row, (words, _) in enumerate(test_words) for col, w in enumerate(words) if w not in counts]
     assert unseen and all(data.test.x[row, col].item() == UNK for row, col in unseen)
     assert all(data.val.x[row, col].item() == UNK for row, words in enumerate(train_words[i][0] for i in val_index)
                for col, w in enumerate(words) if w in val_only)
-    # words seen once in training are unknown there too, so the unknown id occurs in training ...
-    once = sum(c == 1 for c in counts.values())
-    assert once > 0 and int((data.train.x == UNK).sum()) == once
-    # ... and training moves its embedding row, through which the unseen test words are then read
+    assert not bool((data.train.x == UNK).any())  # stored training ids keep every word ...
+    # ... and the training augmentation turns each token of a word seen once into UNK with probability ½, per batch,
+    # deterministically under the generator's seed, and never touches other words
+    singles = torch.zeros_like(data.train.x, dtype=torch.bool)  # from the words themselves, not from the ids
+    for row, i in enumerate(train_index.tolist()):
+        for col, word in enumerate(train_words[i][0]):
+            singles[row, col] = counts[word] == 1
+    draws = [data.train_augment(data.train.x, torch.Generator().manual_seed(seed)) for seed in range(40)]
+    assert all(torch.equal(d[~singles], data.train.x[~singles]) for d in draws)
+    rate = float(sum(int((d[singles] == UNK).sum()) for d in draws)) / (40 * int(singles.sum()))
+    assert int(singles.sum()) > 50 and abs(rate - 0.5) < 0.03
+    assert torch.equal(draws[7], data.train_augment(data.train.x, torch.Generator().manual_seed(7)))
+    assert load_dataset("pos-standin", val_size=100, augment=False, **options).train_augment is None
+    # training through the augmentation moves the UNK row, through which the unseen test words are then read
     torch.manual_seed(0)
     model = build_model("transformer", 16, input_shape=data.input_shape, num_classes=17)
     before = model.embed.weight.detach().clone()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(0)
     for start in range(0, len(data.train), 50):
         optimizer.zero_grad()
-        token_cross_entropy(model(data.train.x[start:start + 50]), data.train.y[start:start + 50]).backward()
+        ids = data.train_augment(data.train.x[start:start + 50], generator)
+        token_cross_entropy(model(ids), data.train.y[start:start + 50]).backward()
         optimizer.step()
     after = model.embed.weight.detach()
     assert not torch.equal(after[UNK], before[UNK]) and torch.equal(after[PAD], before[PAD])

@@ -57,7 +57,9 @@ class SourceDataset:
     `min_word_count` (text sources, whose inputs are word ids of a vocabulary numbered over the whole official training
     set, last dim of `input_shape` = its size): once validation is carved, `load_dataset` keeps only the words seen at
     least this often in the training split and maps all others, in every split, to the unknown id
-    (`samscale.data.text.restrict_vocabulary`). None: inputs are not word ids.
+    (`samscale.data.text.restrict_vocabulary`). None: inputs are not word ids. `singleton_unk` (text sources): with
+    augmentation on, each training token of a word seen once in the training split becomes the unknown id with this
+    probability, afresh in every batch (`samscale.data.text.singleton_dropout`), which trains the unknown word.
     """
 
     train: LabelledSplit
@@ -71,3 +73,4 @@ class SourceDataset:
     train_augment: Augmentation | None = None
     val: LabelledSplit | None = None
     min_word_count: int | None = None
+    singleton_unk: float = 0.0

@@ -28,7 +28,7 @@ from samscale.data.split import Split
 from samscale.data.standin import build_cifar10_standin
 from samscale.data.sst2 import build_sst2, build_sst2_standin
 from samscale.data.synthetic import build_least_squares, build_sine_1d, build_teacher_student
-from samscale.data.text import restrict_vocabulary
+from samscale.data.text import restrict_vocabulary, singleton_dropout
 
 _COMMON = ("root", "download", "augment")
 
@@ -133,8 +133,15 @@ def load_dataset(
         ids, (val_ids, test_ids), size = restrict_vocabulary(train.x, [val.x, test.x], source.min_word_count)
         train, val, test = Split(ids, train.y), Split(val_ids, val.y), Split(test_ids, test.y)
         input_shape = (*source.input_shape[:-1], size)
-        description += (f"; vocabulary of the training split: {size} ids (words seen fewer than "
-                        f"{source.min_word_count} times there are unknown)")
+        description += (f"; vocabulary of the training split: {size} ids"
+                        + (f" (words seen fewer than {source.min_word_count} times there are unknown)"
+                           if source.min_word_count > 1 else ""))
+    train_augment = source.train_augment if augment else None
+    if augment and source.singleton_unk > 0:  # train the unknown word on the words seen once
+        if train_augment is not None:
+            raise RuntimeError(f"dataset {name!r} has both an augmentation and singleton dropout; compose them")
+        train_augment = singleton_dropout(train.x, source.singleton_unk)
+        description += f"; words seen once in training are unknown with probability {source.singleton_unk:g} per batch"
     noisy_mask = None
     if label_noise > 0:
         if source.task != "classification" or source.num_classes is None:
@@ -154,6 +161,6 @@ def load_dataset(
         input_shape=input_shape,
         source=description,
         substitute_for=source.substitute_for,
-        train_augment=source.train_augment if augment else None,
+        train_augment=train_augment,
         noisy_label_mask=noisy_mask,
     )

@@ -9,7 +9,7 @@ trained on them and meets validation and test words it has never seen the way it
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -49,6 +49,23 @@ def restrict_vocabulary(train: Tensor, others: Sequence[Tensor], min_count: int)
     words = kept.nonzero().flatten()
     mapping[words] = torch.arange(len(SPECIALS), len(SPECIALS) + len(words), dtype=torch.int64)
     return mapping[train], [mapping[t] for t in others], len(SPECIALS) + len(words)
+
+
+def singleton_dropout(train: Tensor, rate: float) -> Callable[[Tensor, torch.Generator], Tensor]:
+    """A training-batch augmentation: each token of a word seen exactly once in `train` becomes UNK with probability
+    `rate`, independently per token and batch, drawn from the loader's generator (deterministic under the run's seed).
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"the singleton dropout rate must be a probability in [0, 1], got {rate!r}")
+    once = torch.bincount(train.flatten()) == 1
+    once[: len(SPECIALS)] = False
+
+    def drop(ids: Tensor, generator: torch.Generator) -> Tensor:
+        rare = once[ids.clamp_max(len(once) - 1)] & (ids < len(once))
+        hit = torch.rand(ids.shape, generator=generator, device=generator.device).to(ids.device) < rate
+        return torch.where(rare & hit, torch.full_like(ids, UNK), ids)
+
+    return drop
 
 
 def encode(sentences: Sequence[Sequence[str]], vocab: dict[str, int], max_len: int) -> Tensor:
