@@ -10,7 +10,7 @@ least-squares fit of log(error) on log(m): a slope of −1 means error ∝ 1/m.
 
 Regime. Chen et al. (2023) separate GD from SAM by the signal-to-noise criterion n‖μ‖⁴ vs σ⁴d: above it (benign
 overfitting) GD already learns the signal and SAM has nothing to add; below it GD memorizes the noise patches and its
-test error stays bounded away from 0, while SAM, whose ascent keeps noise memorization from starting, still learns
+test error stays bounded away from 0, while SAM, whose ascent keeps noise memorization from starting, can still learn
 μ. The budgets sit below it (`TwoLayerBudget.snr`, n‖μ‖⁴/(σ⁴d), is 0.253 at the cpu and paper budgets).
 
 Test error. Given trained weights, the output on a test point depends on the noise patch ξ only through the 2m
