@@ -276,7 +276,7 @@ def test_pos_transformer_smoke_spec_trains():
                                                    num_classes=17)
 
 
-# -- the vocabulary of the training split and the trained unknown word ---------------------------------------------------
+# -- the vocabulary of the training split and the trained unknown word ----------------------------------------------
 
 def test_restrict_vocabulary_by_hand():
     from samscale.data.text import restrict_vocabulary

@@ -212,15 +212,16 @@ def _verdict(summary: pd.DataFrame) -> list[str]:
             low = row[f"{column}_mean"] - row[f"{column}_ci95"]
             high = row[f"{column}_mean"] + row[f"{column}_ci95"]
             if math.isnan(low):
-                verdict = "no interval with one seed, so no verdict"
+                verdict = "no interval with one seed, so no verdict on whether SAM trails SGD by more than 10"
             elif high < CLAIM_THRESHOLD:
-                verdict = "the interval lies below −10: it supports the paper's claim"
+                verdict = ("the interval lies below −10: it supports the paper's claim that SAM trails SGD by more "
+                           "than 10")
             elif low > CLAIM_THRESHOLD:
-                verdict = "the interval lies above −10: it rules out the paper's claim at this budget"
+                verdict = ("the interval lies above −10: it rules out, at this budget, the paper's claim that SAM "
+                           "trails SGD by more than 10")
             else:
-                verdict = "the interval reaches across −10: it cannot decide the paper's claim"
-            lines.append(f"Linearized, in {unit}: 95 % interval [{low:+.2f}, {high:+.2f}]; {verdict} that SAM trails "
-                         "SGD by more than 10.")
+                verdict = "the interval reaches across −10: it cannot decide whether SAM trails SGD by more than 10"
+            lines.append(f"Linearized, in {unit}: 95 % interval [{low:+.2f}, {high:+.2f}]; {verdict}.")
     return lines
 
 
