@@ -20,7 +20,16 @@ from samscale.experiments.convergence.dynamics import (
 )
 from samscale.experiments.convergence.run import run_convergence
 from samscale.recipes import get_recipe
-from samscale.theory import fit_contraction, least_squares_constants, run_sam_least_squares, run_usam_least_squares
+from samscale.theory import (
+    bound_check,
+    expected_usam_gaps,
+    fit_contraction,
+    least_squares_constants,
+    run_sam_least_squares,
+    run_usam_least_squares,
+    usam_rate,
+    usam_step_size,
+)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +123,7 @@ def test_smoke_budget_writes_the_report_and_every_case_has_rate_bound_and_interp
         assert (out / name).stat().st_size > 0, name
     assert "samscale reproduce convergence --budget smoke" in page.read_text()
     groups = {case["group"] for case in results["cases"]}
-    assert groups == {"ls-rho-batch", "ls-size", "ls-noisy", "ls-sam", "mlp", "factorization"}
+    assert groups == {"ls-rho-batch", "ls-size", "ls-noisy", "ls-sam", "ls-beyond", "mlp", "factorization"}
     for case in results["cases"]:
         assert {"fitted_rate", "bound", "interpolating", "admissible"} <= set(case)
 
@@ -144,3 +153,59 @@ def test_budgets_and_recipe_registration():
         get_budget("huge")
     assert get_recipe("convergence").name == "convergence"
     assert math.isfinite(BUDGETS["cpu"].efolds)
+
+
+def test_exact_expected_gap_equals_the_mean_of_many_simulated_runs_and_the_full_batch_run():
+    x, y = _least_squares(6, 30)
+    beta, mu = least_squares_constants(x)
+    rho = 0.5 / (beta * math.sqrt(beta / mu))
+    eta = 8 * usam_step_size(beta, mu, rho)
+    for batch in (1, 3):
+        exact = expected_usam_gaps(x, y, eta=eta, rho=rho, n_steps=60, batch_size=batch)
+        sampled = run_usam_least_squares(x, y, eta=eta, rho=rho, n_steps=60, batch_size=batch, n_runs=20_000,
+                                         generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(sampled[[10, 30, 60]] / sampled[0], exact[[10, 30, 60]] / exact[0], rtol=0.01,
+                                   atol=0)
+    full = run_usam_least_squares(x, y, eta=eta, rho=rho, n_steps=60, batch_size=6)  # one batch: deterministic
+    torch.testing.assert_close(expected_usam_gaps(x, y, eta=eta, rho=rho, n_steps=60, batch_size=6), full,
+                               rtol=1e-9, atol=1e-14)
+    x_under, y_under = _least_squares(12, 4)
+    with pytest.raises(ValueError, match="does not interpolate"):  # n > d with off-model targets: no interpolation
+        expected_usam_gaps(x_under, y_under + torch.linspace(-1, 1, 12, dtype=y_under.dtype), eta=eta, rho=rho,
+                           n_steps=1)
+
+
+def test_bound_check_by_hand():
+    assert bound_check(torch.tensor([1.0, 0.5, 0.25]), 0.5) == (True, 1.0, -1)
+    holds, worst, first = bound_check(torch.tensor([1.0, 0.5, 0.3, 0.1]), 0.5)
+    assert not holds and worst == pytest.approx(1.2) and first == 2
+    assert bound_check(torch.tensor([1.0, math.inf]), 0.9)[:2] == (False, math.inf)
+
+
+def test_cases_beyond_the_conditions_are_reported_and_a_simulator_ignoring_them_is_caught(smoke, monkeypatch):
+    _, _, results = smoke
+    beyond = [c for c in results["cases"] if c["group"] == "ls-beyond"]
+    plan = get_budget("smoke")
+    assert len(beyond) == len(plan.beyond_rho) + len(plan.beyond_eta)
+    assert all(not c["admissible"] and c["bound"] is None and c["formula_rate"] is not None for c in beyond)
+    assert all(c["rho_fraction"] > 1 for c in beyond if c["eta_factor"] == 1)
+    # admissible cases hold at every step of the exact expectation; the largest radius and the largest step diverge,
+    # so the bound fails there from the first step
+    admissible = [c for c in results["cases"] if c["admissible"] and "exact_bound_holds" in c]
+    assert len(admissible) >= 4 and all(c["exact_bound_holds"] for c in admissible)
+    wild_rho = max((c for c in beyond if c["eta_factor"] == 1), key=lambda c: c["rho_fraction"])
+    wild_eta = max(beyond, key=lambda c: c["eta_factor"])
+    for case in (wild_rho, wild_eta):
+        assert case["diverged"] and not case["exact_bound_holds"] and case["exact_first_violation"] == 1
+    # a simulator that ignored the step it is given (running the theorem's η(ρ) whatever it is asked) is caught:
+    # the case asking for 128·η(ρ) would then converge within the bound
+    import samscale.experiments.convergence.cases as cases
+
+    real = cases.expected_usam_gaps
+    monkeypatch.setattr(cases, "expected_usam_gaps", lambda x, y, *, eta, rho, **kw: real(
+        x, y, eta=usam_step_size(*least_squares_constants(x), rho), rho=rho, **kw))
+    ignoring = cases.least_squares_case("ls-beyond", plan.n, plan.d, 0.0, method="usam", rho=wild_eta["rho"],
+                                        batch_size=1, plan=plan, seed=0, rho_fraction=wild_eta["rho_fraction"],
+                                        eta_factor=wild_eta["eta_factor"])
+    assert ignoring["exact_bound_holds"] != wild_eta["exact_bound_holds"]
+    assert usam_rate(wild_eta["beta"], wild_eta["mu"], wild_eta["rho"]) == pytest.approx(wild_eta["formula_rate"])

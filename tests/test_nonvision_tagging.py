@@ -3,6 +3,7 @@ Transformer tagger family and the pos-transformer recipe, against hand computati
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 import math
 from types import SimpleNamespace
 
@@ -273,3 +274,71 @@ def test_pos_transformer_smoke_spec_trains():
     assert result.final["best_val_acc"] == result.history[-1]["val_acc"]  # one epoch: best = final, by accuracy
     assert result.final["n_params"] == param_count("transformer", 16, input_shape=dataset_for(spec).input_shape,
                                                    num_classes=17)
+
+
+# -- the vocabulary of the training split and the trained unknown word ----------------------------------------------
+
+def test_restrict_vocabulary_by_hand():
+    from samscale.data.text import restrict_vocabulary
+
+    # ids 2..6 in frequency order; in train: 2 three times, 3 twice, 5 once; 4 and 6 only elsewhere
+    train = torch.tensor([[2, 3, 2, PAD], [5, 2, 3, UNK]])
+    (val, test) = torch.tensor([[4, 2, PAD, PAD]]), torch.tensor([[6, 5, 3, PAD]])
+    ids, (val_ids, test_ids), size = restrict_vocabulary(train, [val, test], min_count=1)
+    assert size == 5 and ids.tolist() == [[2, 3, 2, PAD], [4, 2, 3, UNK]]  # 2, 3, 5 kept and renumbered 2, 3, 4
+    assert val_ids.tolist() == [[UNK, 2, PAD, PAD]] and test_ids.tolist() == [[UNK, 4, 3, PAD]]
+    ids, (val_ids, test_ids), size = restrict_vocabulary(train, [val, test], min_count=2)
+    assert size == 4 and ids.tolist() == [[2, 3, 2, PAD], [UNK, 2, 3, UNK]]  # the word seen once is unknown too
+    assert test_ids.tolist() == [[UNK, UNK, 3, PAD]]
+
+
+def test_tagger_vocabulary_is_the_training_split_and_its_unknown_word_is_trained():
+    from samscale.data.partition import partition_indices
+    from samscale.data.pos import generate_tagged
+    from samscale.train.loop import token_cross_entropy
+
+    options = dict(num_train=300, num_test=60, max_len=20, seed=3)
+    data = load_dataset("pos-standin", val_size=100, augment=True, **options)
+    train_words, test_words = generate_tagged(300, 60, 3, 20)
+    train_index, val_index = partition_indices(300, val_size=100, seed=0)
+    counts = Counter(w for i in train_index.tolist() for w in train_words[i][0])
+    val_only = {w for i in val_index.tolist() for w in train_words[i][0]} - set(counts)
+    assert val_only, "the draw must hold words that occur only in the carved validation sentences"
+    assert data.input_shape == (20, 2 + len(counts))  # no validation word in the vocabulary
+    # a test token whose word never occurs in the training split is the unknown id; so is every validation-only word
+    unseen = [(row, col) for row, (words, _) in enumerate(test_words) for col, w in enumerate(words) if w not in counts]
+    assert unseen and all(data.test.x[row, col].item() == UNK for row, col in unseen)
+    assert all(data.val.x[row, col].item() == UNK for row, words in enumerate(train_words[i][0] for i in val_index)
+               for col, w in enumerate(words) if w in val_only)
+    assert not bool((data.train.x == UNK).any())  # stored training ids keep every word ...
+    # ... and the training augmentation turns each token of a word seen once into UNK with probability ½, per batch,
+    # deterministically under the generator's seed, and never touches other words
+    singles = torch.zeros_like(data.train.x, dtype=torch.bool)  # from the words themselves, not from the ids
+    for row, i in enumerate(train_index.tolist()):
+        for col, word in enumerate(train_words[i][0]):
+            singles[row, col] = counts[word] == 1
+    draws = [data.train_augment(data.train.x, torch.Generator().manual_seed(seed)) for seed in range(40)]
+    assert all(torch.equal(d[~singles], data.train.x[~singles]) for d in draws)
+    rate = float(sum(int((d[singles] == UNK).sum()) for d in draws)) / (40 * int(singles.sum()))
+    assert int(singles.sum()) > 50 and abs(rate - 0.5) < 0.03
+    assert torch.equal(draws[7], data.train_augment(data.train.x, torch.Generator().manual_seed(7)))
+    assert load_dataset("pos-standin", val_size=100, augment=False, **options).train_augment is None
+    # training through the augmentation moves the UNK row, through which the unseen test words are then read
+    torch.manual_seed(0)
+    model = build_model("transformer", 16, input_shape=data.input_shape, num_classes=17)
+    before = model.embed.weight.detach().clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(0)
+    for start in range(0, len(data.train), 50):
+        optimizer.zero_grad()
+        ids = data.train_augment(data.train.x[start:start + 50], generator)
+        token_cross_entropy(model(ids), data.train.y[start:start + 50]).backward()
+        optimizer.step()
+    after = model.embed.weight.detach()
+    assert not torch.equal(after[UNK], before[UNK]) and torch.equal(after[PAD], before[PAD])
+    row, col = unseen[0]
+    probe = data.test.x[row:row + 1]
+    trained = model(probe).detach()
+    with torch.no_grad():
+        model.embed.weight[UNK] = before[UNK]  # put the untrained unknown vector back: the unseen word's output moves
+    assert not torch.allclose(model(probe)[0, col], trained[0, col])

@@ -53,6 +53,13 @@ class SourceDataset:
     `val` is the source's official validation split, for benchmarks whose validation set is part of their definition
     (OGB's scaffold split keeps validation molecules' scaffolds out of training, which a random carve would not);
     `load_dataset` then uses it and carves nothing. None (most sources): validation is carved from `train`.
+
+    `min_word_count` (text sources, whose inputs are word ids of a vocabulary numbered over the whole official training
+    set, last dim of `input_shape` = its size): once validation is carved, `load_dataset` keeps only the words seen at
+    least this often in the training split and maps all others, in every split, to the unknown id
+    (`samscale.data.text.restrict_vocabulary`). None: inputs are not word ids. `singleton_unk` (text sources): with
+    augmentation on, each training token of a word seen once in the training split becomes the unknown id with this
+    probability, afresh in every batch (`samscale.data.text.singleton_dropout`), which trains the unknown word.
     """
 
     train: LabelledSplit
@@ -65,3 +72,5 @@ class SourceDataset:
     substitute_for: str | None = None
     train_augment: Augmentation | None = None
     val: LabelledSplit | None = None
+    min_word_count: int | None = None
+    singleton_unk: float = 0.0

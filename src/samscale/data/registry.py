@@ -1,4 +1,5 @@
-"""The dataset registry and `load_dataset`: source -> seeded validation split -> optional subset -> label noise."""
+"""The dataset registry and `load_dataset`: source -> seeded validation split -> optional subset -> training
+vocabulary (text) -> label noise."""
 from __future__ import annotations
 
 import inspect
@@ -23,9 +24,11 @@ from samscale.data.molecules import build_molecules, build_solubility
 from samscale.data.options import non_negative_int, resolve_options
 from samscale.data.partition import partition_indices
 from samscale.data.pos import build_pos, build_pos_standin
+from samscale.data.split import Split
 from samscale.data.standin import build_cifar10_standin
 from samscale.data.sst2 import build_sst2, build_sst2_standin
 from samscale.data.synthetic import build_least_squares, build_sine_1d, build_teacher_student
+from samscale.data.text import restrict_vocabulary, singleton_dropout
 
 _COMMON = ("root", "download", "augment")
 
@@ -105,7 +108,8 @@ def load_dataset(
     use it instead and take val_size=0); `train_subset` keeps that many of the remaining training examples
     (the next ones of the same permutation); symmetric label noise at rate `label_noise` (seeded by `noise_seed`)
     replaces training labels only, each by a uniformly drawn *different* class. The test split is the official
-    one, untouched. `options` are dataset-specific (see `DATASETS[name].options`).
+    one, untouched, except that a text source's word ids are renumbered to the training split's vocabulary
+    (`SourceDataset.min_word_count`). `options` are dataset-specific (see `DATASETS[name].options`).
     """
     entry = DATASETS[name]
     settings = resolve_options(name, options, entry.options)
@@ -126,6 +130,20 @@ def load_dataset(
     whole = len(train_index) == len(source.train)  # sorted and complete: the identity, so skip the copy
     train = source.train if whole else source.train.subset(train_index)
     val = (source.val if source.val is not None else source.train.subset(val_index)).as_eval()
+    test, input_shape, description = source.test, source.input_shape, source.source
+    if source.min_word_count is not None:  # the vocabulary of the training split only, rare words unknown
+        ids, (val_ids, test_ids), size = restrict_vocabulary(train.x, [val.x, test.x], source.min_word_count)
+        train, val, test = Split(ids, train.y), Split(val_ids, val.y), Split(test_ids, test.y)
+        input_shape = (*source.input_shape[:-1], size)
+        description += (f"; vocabulary of the training split: {size} ids"
+                        + (f" (words seen fewer than {source.min_word_count} times there are unknown)"
+                           if source.min_word_count > 1 else ""))
+    train_augment = source.train_augment if augment else None
+    if augment and source.singleton_unk > 0:  # train the unknown word on the words seen once
+        if train_augment is not None:
+            raise RuntimeError(f"dataset {name!r} has both an augmentation and singleton dropout; compose them")
+        train_augment = singleton_dropout(train.x, source.singleton_unk)
+        description += f"; words seen once in training are unknown with probability {source.singleton_unk:g} per batch"
     noisy_mask = None
     if label_noise > 0:
         if source.task != "classification" or source.num_classes is None:
@@ -138,13 +156,13 @@ def load_dataset(
         name=name,
         train=train,
         val=val,
-        test=source.test,
+        test=test,
         task=source.task,
         num_classes=source.num_classes,
         output_dim=source.output_dim,
-        input_shape=source.input_shape,
-        source=source.source,
+        input_shape=input_shape,
+        source=description,
         substitute_for=source.substitute_for,
-        train_augment=source.train_augment if augment else None,
+        train_augment=train_augment,
         noisy_label_mask=noisy_mask,
     )

@@ -3,7 +3,7 @@
 - `sst2`: GLUE's SST-2 folder (`train.tsv`, `dev.tsv`; header `sentence<TAB>label`, lower-cased tokenized text).
   GLUE hides the test labels, so the 872 `dev.tsv` sentences are the test split here and validation is carved from
   the 67,349 training sentences. Tokens are the whitespace-separated words; the vocabulary is the `max_vocab` most
-  frequent training words.
+  frequent training words that remain in the training split once validation is carved out.
 - `sst2-standin`: SST-2 cannot be installed offline, so the cpu/smoke budgets use sentences generated from a seeded
   lexicon that keeps what makes SST-2 a sequence task rather than a bag of words: a few sentiment words (score ±1,
   ±2) among Zipf-distributed neutral filler, where a negator ("not", "never", "hardly") flips the sentiment word that
@@ -60,6 +60,8 @@ def sentence_source(
     """Tokenized labelled sentences as a 2-class SourceDataset of (N, max_len) padded id tensors.
 
     `input_shape` is the one-hot shape of one sentence, (max_len, vocabulary size): the inputs themselves are ids.
+    Words are numbered over all of `train`; `load_dataset` keeps those of the training split left after validation is
+    carved out (`SourceDataset.min_word_count` 1), so validation words do not leak into the vocabulary.
     """
     vocab = build_vocab(train[0], max_vocab)
 
@@ -70,7 +72,7 @@ def sentence_source(
         train=split(train), test=split(test), task="classification", num_classes=2, output_dim=2,
         input_shape=(max_len, len(vocab) + len(SPECIALS)),
         source=f"{source}; vocabulary {len(vocab) + len(SPECIALS)} ids, max_len {max_len}",
-        substitute_for=substitute_for,
+        substitute_for=substitute_for, min_word_count=1,
     )
 
 

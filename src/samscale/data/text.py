@@ -1,9 +1,15 @@
 """Token vocabularies and padded id tensors for text tasks: id 0 pads, id 1 is the unknown word; per-token labels
-pad with IGNORE_LABEL."""
+pad with IGNORE_LABEL.
+
+A source numbers the words of its whole official training set (`build_vocab`, `encode`); once validation is carved
+out, `restrict_vocabulary` cuts that numbering to the words of the training split, so that neither validation nor test
+words leak into the vocabulary, and maps the rare ones to the unknown id, so that the unknown word's embedding is
+trained on them and meets validation and test words it has never seen the way it met them in training.
+"""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -23,6 +29,43 @@ def build_vocab(sentences: Iterable[Sequence[str]], max_size: int, min_count: in
     counts = Counter(word for sentence in sentences for word in sentence)
     ranked = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))[:max_size]
     return {word: index for index, word in enumerate(ranked, start=len(SPECIALS))}
+
+
+def restrict_vocabulary(train: Tensor, others: Sequence[Tensor], min_count: int) -> tuple[Tensor, list[Tensor], int]:
+    """(train, others, size): id tensors renumbered to the words seen at least `min_count` times in `train`.
+
+    Every other word id, in `train` and in each of `others`, becomes UNK; PAD and UNK keep their ids; kept words keep
+    their order (so a frequency-ranked numbering stays ranked) and are numbered from 2 without gaps. `size` is the new
+    vocabulary size including the special ids. With `min_count` 1 only words absent from `train` become unknown; with
+    2, the words seen once in training become unknown too, so UNK occurs in training and its embedding is trained.
+    """
+    min_count = positive_int("min_count", min_count)
+    largest = max([int(train.max()) if train.numel() else 0] + [int(t.max()) for t in others if t.numel()])
+    counts = torch.bincount(train.flatten(), minlength=largest + 1)
+    kept = counts >= min_count
+    kept[: len(SPECIALS)] = False
+    mapping = torch.full((largest + 1,), UNK, dtype=torch.int64)
+    mapping[PAD] = PAD
+    words = kept.nonzero().flatten()
+    mapping[words] = torch.arange(len(SPECIALS), len(SPECIALS) + len(words), dtype=torch.int64)
+    return mapping[train], [mapping[t] for t in others], len(SPECIALS) + len(words)
+
+
+def singleton_dropout(train: Tensor, rate: float) -> Callable[[Tensor, torch.Generator], Tensor]:
+    """A training-batch augmentation: each token of a word seen exactly once in `train` becomes UNK with probability
+    `rate`, independently per token and batch, drawn from the loader's generator (deterministic under the run's seed).
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"the singleton dropout rate must be a probability in [0, 1], got {rate!r}")
+    once = torch.bincount(train.flatten()) == 1
+    once[: len(SPECIALS)] = False
+
+    def drop(ids: Tensor, generator: torch.Generator) -> Tensor:
+        rare = once[ids.clamp_max(len(once) - 1)] & (ids < len(once))
+        hit = torch.rand(ids.shape, generator=generator, device=generator.device).to(ids.device) < rate
+        return torch.where(rare & hit, torch.full_like(ids, UNK), ids)
+
+    return drop
 
 
 def encode(sentences: Sequence[Sequence[str]], vocab: dict[str, int], max_len: int) -> Tensor:

@@ -171,7 +171,7 @@ RECIPES: dict[str, StudyRecipe | CombinedRecipe | FunctionRecipe] = {
         "noise floor without interpolation, PL along MLP and factorization runs", _convergence
     ),
     "synthetic": StudyRecipe(
-        "synthetic", "SAM − Adam test loss vs #params (1–10 × 10⁴), two-layer MLP teacher–student regression"
+        "synthetic", "SAM − SGD test loss vs #params (1–10 × 10⁴), two-layer MLP teacher–student regression"
     ),
     "linearized": FunctionRecipe(
         "linearized", "SAM vs SGD on the linearized MLP f(w₀) + J(w₀)(w − w₀) (jvp) beside the MLP itself, MNIST subset",
@@ -204,13 +204,13 @@ RECIPES: dict[str, StudyRecipe | CombinedRecipe | FunctionRecipe] = {
         "atari-dqn", "SAM − Adam evaluation return vs #params, Nature-DQN widths (stand-in: MinAtar Breakout)"
     ),
     "sst2-lstm": StudyRecipe(
-        "sst2-lstm", "SAM − Adam test accuracy vs #params, LSTMs on SST-2 (cpu: generated-lexicon stand-in)"
+        "sst2-lstm", "SAM − SGD test accuracy vs #params, LSTMs on SST-2 (cpu: generated-lexicon stand-in)"
     ),
     "graph-gcn": StudyRecipe(
         "graph-gcn", "SAM − Adam test accuracy vs #params, GCNs on molecular graphs (stand-in: solubility molecules)"
     ),
     "pos-transformer": StudyRecipe(
-        "pos-transformer", "SAM − Adam token accuracy vs #params, Transformer part-of-speech taggers "
+        "pos-transformer", "SAM − AdamW token accuracy vs #params, Transformer part-of-speech taggers "
         "(cpu: hidden-Markov stand-in)"
     ),
 }

@@ -1,11 +1,14 @@
 """Theory of stochastic unnormalized SAM: linear-stability bounds and linearized dynamics, convergence rates."""
 from samscale.theory.convergence import (
     LeastSquaresConstants,
+    bound_check,
+    expected_usam_gaps,
     fit_contraction,
     least_squares_constants,
     run_sam_least_squares,
     run_usam_least_squares,
     usam_rate,
+    usam_rate_formula,
     usam_step_size,
 )
 from samscale.theory.stability import (
@@ -24,7 +27,9 @@ from samscale.theory.stability import (
 __all__ = [
     "LeastSquaresConstants",
     "StabilityBounds",
+    "bound_check",
     "exact_mean_square_stability",
+    "expected_usam_gaps",
     "fit_contraction",
     "least_squares_constants",
     "run_sam_least_squares",
@@ -34,6 +39,7 @@ __all__ = [
     "simulate_linearized",
     "sufficient_stability",
     "usam_rate",
+    "usam_rate_formula",
     "usam_s2_bound",
     "usam_s3_bound",
     "usam_s4_bound",

@@ -6,6 +6,7 @@ The testbed is least squares f(x) = (1/2n)‖Xx − y‖², interpolating when n
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -166,6 +167,82 @@ def _run_least_squares(
         losses.append(loss(x))
     gaps = torch.stack(losses) - optimum
     return gaps if n_runs == 1 else gaps.mean(dim=1)
+
+
+MAX_BATCHES = 20_000  # batches enumerated by `expected_usam_gaps`; C(n, B) above this is refused
+
+
+def usam_rate_formula(beta: float, mu: float, rho: float) -> float:
+    """The value of 1 − (1 − ρβ√κ)²/(κ²(1 + ρβ)²) for any ρ ≥ 0, also beyond 1/(β√κ), where the theorem promises
+    nothing: what a bound that ignored the radius condition would claim."""
+    kappa = _condition_number(beta, mu)
+    if not rho >= 0:
+        raise ValueError(f"rho must be >= 0, got {rho}")
+    return 1 - (1 - rho * beta * math.sqrt(kappa)) ** 2 / (kappa**2 * (1 + rho * beta) ** 2)
+
+
+def expected_usam_gaps(
+    features: Tensor, targets: Tensor, *, eta: float, rho: float, n_steps: int, batch_size: int = 1,
+    x0: Tensor | None = None,
+) -> Tensor:
+    """Exact E[f(x_t) − f*], t = 0..n_steps, of stochastic USAM on an interpolating least squares (float64).
+
+    With y = Xx̂ on every example, a step on batch ξ (B distinct examples, each of the C(n, B) batches equally
+    likely) maps e = x − x̂ to M_ξ e, M_ξ = I − ηH_ξ − ηρH_ξ², H_ξ = A_ξᵀA_ξ/B; so P_t = E[e_t e_tᵀ] follows
+    P_{t+1} = E_ξ[M_ξ P_t M_ξᵀ] and E[f(x_t) − f*] = ½ tr(H P_t), H = XᵀX/n. Everything lives in the row space of
+    X (rank r ≤ n), where it is computed; the rest of e never moves and never counts. No sampling: the expectation
+    the theorem bounds, to round-off, at every step.
+    """
+    if features.ndim != 2 or targets.shape != (features.shape[0],):
+        raise ValueError(
+            f"expected features (n, d) and targets (n,), got {tuple(features.shape)} and {tuple(targets.shape)}"
+        )
+    n, d = features.shape
+    if not (isinstance(batch_size, int) and 1 <= batch_size <= n):
+        raise ValueError(f"batch_size must be an integer in [1, n={n}], got {batch_size!r}")
+    if not (eta > 0 and rho >= 0 and isinstance(n_steps, int) and n_steps >= 0):
+        raise ValueError(f"need eta > 0, rho ≥ 0 and an integer n_steps ≥ 0, got {eta}, {rho}, {n_steps!r}")
+    if math.comb(n, batch_size) > MAX_BATCHES:
+        raise ValueError(f"C(n={n}, B={batch_size}) = {math.comb(n, batch_size)} batches exceed {MAX_BATCHES}; "
+                         "the exact expectation enumerates them all")
+    a, y = features.to(torch.float64), targets.to(torch.float64)
+    solution = torch.linalg.lstsq(a, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    residual = float((a @ solution - y).abs().max())
+    if residual > 1e-8 * max(1.0, float(y.abs().max())):
+        raise ValueError(f"the problem does not interpolate (largest residual {residual:.3g}); the exact expectation "
+                         "needs y = Xx̂ on every example")
+    _, singular, vh = torch.linalg.svd(a, full_matrices=False)
+    basis = vh[singular > max(n, d) * torch.finfo(torch.float64).eps * singular[0]].T  # (d, r), row space of X
+    start = torch.zeros(d, dtype=torch.float64) if x0 is None else x0.to(torch.float64)
+    e = basis.T @ (start - solution)
+    rows = a @ basis  # (n, r): the examples in the row-space coordinates
+    batches = torch.tensor(list(itertools.combinations(range(n), batch_size)))
+    h_batch = torch.einsum("kbi,kbj->kij", rows[batches], rows[batches]) / batch_size  # (K, r, r)
+    eye = torch.eye(len(e), dtype=torch.float64)
+    steps = eye - eta * h_batch - eta * rho * h_batch @ h_batch  # M_ξ for every batch
+    h = rows.T @ rows / n
+    moment = torch.outer(e, e)
+    gaps = [0.5 * float((h * moment).sum())]
+    for _ in range(n_steps):
+        moment = (steps @ moment @ steps.transpose(1, 2)).mean(dim=0)
+        gaps.append(0.5 * float((h * moment).sum()))
+        if not math.isfinite(gaps[-1]):  # overflowed: the expectation diverges
+            gaps += [math.inf] * (n_steps + 1 - len(gaps))
+            break
+    return torch.tensor(gaps, dtype=torch.float64)
+
+
+def bound_check(gaps: Tensor, rate: float) -> tuple[bool, float, int]:
+    """(holds, worst, step): whether gap_t ≤ rate^t · gap_0 at every step t (to a relative 1e-9 for round-off), the
+    largest gap_t / (rate^t gap_0), and the first step where the bound fails (−1 if none). Non-finite gaps fail."""
+    gaps = torch.as_tensor(gaps, dtype=torch.float64)
+    if not (len(gaps) >= 1 and gaps[0] > 0):
+        raise ValueError("need gaps starting positive")
+    allowed = gaps[0] * torch.tensor(float(rate), dtype=torch.float64) ** torch.arange(len(gaps), dtype=torch.float64)
+    ratios = torch.where(allowed > 0, gaps / allowed, torch.where(gaps > 0, math.inf, 0.0))
+    ratios = torch.where(torch.isnan(ratios), math.inf, ratios)
+    failed = (ratios > 1 + 1e-9).nonzero()
+    return len(failed) == 0, float(ratios.max()), int(failed[0]) if len(failed) else -1
 
 
 def fit_contraction(gaps: Tensor, *, stop_below: float = 1e-12, steps: Tensor | None = None) -> float:

@@ -3,7 +3,9 @@
 Least squares runs at the theorem's own step size η(ρ) = (1 − ρβ√κ)/(βκ(1 + ρβ)²) with β, μ computed from the data,
 for as many iterations as the bound needs to predict `efolds` e-foldings of f − f* (capped at `max_steps`): the bound
 is ≈ 1 − 1/κ², so a problem with κ ≈ 16 needs thousands of iterations. Radii are fractions of the largest
-admissible radius 1/(β√κ). The neural problems (MLP, matrix factorization) run at a fixed practical step size.
+admissible radius 1/(β√κ). Cases beyond the theorem's conditions run radii above it (`beyond_rho`, at SGD's step
+η(0)) and steps above η(ρ) (`beyond_eta`, multiples of η(ρ) at the largest admissible fraction of `rho_fractions`).
+The neural problems (MLP, matrix factorization) run at a fixed practical step size.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ class ConvergenceBudget:
     neural_sam_rho: float  # SAM radius of the neural problems
     neural_batch: int
     record_every: int
+    beyond_rho: tuple[float, ...] = (2.0, 200.0)  # radii as multiples of 1/(β√κ), beyond the theorem
+    beyond_eta: tuple[float, ...] = (4.0, 128.0)  # steps as multiples of η(ρ), beyond the theorem
 
 
 BUDGETS: dict[str, ConvergenceBudget] = {

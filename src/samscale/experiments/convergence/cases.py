@@ -4,6 +4,12 @@ Every record carries `fitted_rate` (exp of the slope of log E[f − f*] vs itera
 1 − (1 − ρβ√κ)²/(κ²(1 + ρβ)²) for the case's β, μ, ρ; None where the theorem does not apply), `interpolating`
 (f* = 0 is attained on every example) and `admissible` (the theorem's hypotheses on the step and radius hold, with
 β and μ exact), and the mean gap curve for the figures.
+
+USAM and SGD on interpolating least squares also carry the exact expectation E[f(x_t) − f*] at every step
+(`theory.expected_usam_gaps`) checked against the rate at every step, not only through the fitted slope:
+`exact_bound_holds` (gap_t ≤ rate^t gap_0 for all t), `exact_worst_ratio` and `exact_first_violation`. The rate is
+the bound where the case is admissible and otherwise `formula_rate`, the same expression evaluated outside the
+theorem's conditions (ρ above 1/(β√κ), or η above η(ρ)): what a bound that ignored them would claim.
 """
 from __future__ import annotations
 
@@ -22,11 +28,14 @@ from samscale.experiments.convergence.dynamics import (
     run_flat,
 )
 from samscale.theory import (
+    bound_check,
+    expected_usam_gaps,
     fit_contraction,
     least_squares_constants,
     run_sam_least_squares,
     run_usam_least_squares,
     usam_rate,
+    usam_rate_formula,
     usam_step_size,
 )
 
@@ -47,10 +56,10 @@ def _max_radius(beta: float, mu: float) -> float:
 
 
 def _summary(gaps: torch.Tensor, steps: list[int]) -> dict[str, Any]:
-    """Fitted rate, final and floor gaps relative to the start, and the thinned curve."""
+    """Fitted rate, final and floor gaps relative to the start, and the thinned curve; NaN rate if it diverged."""
     tail = gaps[-max(1, len(gaps) // 10):]
     try:
-        rate = fit_contraction(gaps, steps=torch.tensor(steps))
+        rate = fit_contraction(gaps, steps=torch.tensor(steps)) if bool(torch.isfinite(gaps).all()) else math.nan
     except ValueError:
         rate = math.nan
     return {
@@ -63,33 +72,48 @@ def _summary(gaps: torch.Tensor, steps: list[int]) -> dict[str, Any]:
 
 
 def least_squares_case(group: str, n: int, d: int, noise: float, *, method: str, rho: float, batch_size: int,
-                       plan: ConvergenceBudget, seed: int, rho_fraction: float | None = None) -> dict[str, Any]:
-    """One least-squares case: data y = Xw* (+ noise), β and μ from X, run at the theorem's step size.
+                       plan: ConvergenceBudget, seed: int, rho_fraction: float | None = None,
+                       eta_factor: float = 1.0) -> dict[str, Any]:
+    """One least-squares case: data y = Xw* (+ noise), β and μ from X, run at `eta_factor` × the theorem's step.
 
-    USAM runs at η(ρ); normalized SAM (no theorem) at η(0), SGD's step size, with the absolute radius `rho`.
+    USAM runs at η(ρ) (at η(0), SGD's step, when ρ is beyond the admissible 1/(β√κ), where η(ρ) is not defined);
+    normalized SAM (no theorem) at η(0), with the absolute radius `rho`. The case is admissible when it is USAM (or
+    SGD) with ρ < 1/(β√κ) and eta_factor ≤ 1.
     """
     problem = least_squares_problem(n, d, 1, noise, torch.Generator().manual_seed(seed))
     x, y = problem.x, problem.y.squeeze(1)
     beta, mu = least_squares_constants(x)
     kappa = beta / mu
     usam = method in ("sgd", "usam")
-    eta = usam_step_size(beta, mu, rho if usam else 0.0)
-    bound = usam_rate(beta, mu, rho) if usam else None
-    predicted = usam_rate(beta, mu, rho if usam else 0.0)
-    n_steps = min(plan.max_steps, math.ceil(plan.efolds / (1 - predicted)))
+    within = rho < _max_radius(beta, mu)
+    eta_theory = usam_step_size(beta, mu, rho if usam and within else 0.0)
+    eta = eta_factor * eta_theory
+    admissible = usam and within and eta_factor <= 1
+    bound = usam_rate(beta, mu, rho) if admissible else None
+    formula = usam_rate_formula(beta, mu, rho if usam else 0.0)
+    n_steps = min(plan.max_steps, math.ceil(plan.efolds / (1 - formula)))
     simulate = run_usam_least_squares if usam else run_sam_least_squares
     gaps = simulate(x, y, eta=eta, rho=rho, n_steps=n_steps, batch_size=batch_size, n_runs=plan.n_runs,
                     generator=torch.Generator().manual_seed(seed + 1))
     solution = torch.linalg.lstsq(x, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)
     loss_star = float(((x @ solution - y) ** 2).mean() / 2)
-    return {
+    record = {
         "group": group, "problem": f"least squares n={n}, d={d}" + (f", noise {noise:g}" if noise else ""),
         "method": method, "n": n, "n_params": d, "batch_size": batch_size, "rho": rho, "rho_fraction": rho_fraction,
-        "eta": eta, "eta_theory": eta if usam else None, "beta": beta, "mu": mu, "kappa": kappa,
-        "mu_empirical": None, "bound": bound, "interpolating": n <= d, "admissible": usam,
-        "loss_star": loss_star, "n_steps": n_steps, "n_runs": plan.n_runs,
+        "rho_max": _max_radius(beta, mu), "eta": eta, "eta_factor": eta_factor,
+        "eta_theory": eta_theory if usam else None, "beta": beta, "mu": mu, "kappa": kappa,
+        "mu_empirical": None, "bound": bound, "formula_rate": formula if usam else None, "interpolating": n <= d,
+        "admissible": admissible, "loss_star": loss_star, "n_steps": n_steps, "n_runs": plan.n_runs,
+        "diverged": not bool(torch.isfinite(gaps).all()) or bool(gaps[-1] > gaps[0]),
         **_summary(gaps, list(range(n_steps + 1))),
     }
+    if usam and n <= d:  # the exact expectation, checked against the rate at every step
+        exact = expected_usam_gaps(x, y, eta=eta, rho=rho, n_steps=n_steps, batch_size=batch_size)
+        holds, worst, first = bound_check(exact, bound if admissible else formula)
+        record.update(exact_bound_holds=holds, exact_worst_ratio=worst, exact_first_violation=first,
+                      exact_final_gap_relative=float(exact[-1] / exact[0]),
+                      exact_curve=_thin(list(range(n_steps + 1)), exact.tolist()))
+    return record
 
 
 def neural_case(group: str, problem: FlatProblem, *, method: str, eta: float, rho: float, plan: ConvergenceBudget,
@@ -157,6 +181,16 @@ def all_cases(plan: ConvergenceBudget, progress) -> list[dict[str, Any]]:
                                         plan=plan, seed=0))
     cases.append(least_squares_case("ls-sam", plan.n, plan.d, 0.0, method="sgd", rho=0.0, batch_size=1, plan=plan,
                                     seed=0, rho_fraction=0.0))
+    for fraction in plan.beyond_rho:
+        progress(f"beyond the conditions: USAM ρ = {fraction:g}·ρ_max at SGD's step η(0)")
+        cases.append(least_squares_case("ls-beyond", plan.n, plan.d, 0.0, method="usam",
+                                        rho=fraction * _max_radius(beta, mu), batch_size=1, plan=plan, seed=0,
+                                        rho_fraction=fraction))
+    for factor in plan.beyond_eta:
+        progress(f"beyond the conditions: USAM ρ = {half:g}·ρ_max at η = {factor:g}·η(ρ)")
+        cases.append(least_squares_case("ls-beyond", plan.n, plan.d, 0.0, method="usam",
+                                        rho=half * _max_radius(beta, mu), batch_size=1, plan=plan, seed=0,
+                                        rho_fraction=half, eta_factor=factor))
     for width in plan.mlp_widths:
         problem = mlp_problem(plan.mlp_n, 5, width, 2, seed=0)
         eta = plan.mlp_lr_scale / per_example_smoothness(problem, problem.params)

@@ -17,7 +17,8 @@ def case_label(case: dict[str, Any]) -> str:
     method = case["method"].upper()
     rho = f" ρ={case['rho_fraction']:g}·ρmax" if case.get("rho_fraction") else (
         f" ρ={case['rho']:g}" if case["rho"] else "")
-    return f"{method}{rho} B={case['batch_size']} · {case['problem']}"
+    eta = f" η={case['eta_factor']:g}·η(ρ)" if case.get("eta_factor", 1.0) != 1.0 else ""
+    return f"{method}{rho}{eta} B={case['batch_size']} · {case['problem']}"
 
 
 def gap_curves(cases: Sequence[dict[str, Any]], name: str, title: str) -> Plot:
