@@ -123,13 +123,7 @@ def _run_least_squares(
     *,
     normalized: bool,
 ) -> Tensor:
-    if features.ndim != 2 or targets.shape != (features.shape[0],):
-        raise ValueError(
-            f"expected features (n, d) and targets (n,), got {tuple(features.shape)} and {tuple(targets.shape)}"
-        )
-    n, d = features.shape
-    if not (isinstance(batch_size, int) and 1 <= batch_size <= n):
-        raise ValueError(f"batch_size must be an integer in [1, n={n}], got {batch_size!r}")
+    n, d = _problem_shape(features, targets, batch_size)
     if not (isinstance(n_runs, int) and n_runs >= 1):
         raise ValueError(f"n_runs must be a positive integer, got {n_runs!r}")
     if not eta > 0 or not rho >= 0:
@@ -193,13 +187,7 @@ def expected_usam_gaps(
     X (rank r ≤ n), where it is computed; the rest of e never moves and never counts. No sampling: the expectation
     the theorem bounds, to round-off, at every step.
     """
-    if features.ndim != 2 or targets.shape != (features.shape[0],):
-        raise ValueError(
-            f"expected features (n, d) and targets (n,), got {tuple(features.shape)} and {tuple(targets.shape)}"
-        )
-    n, d = features.shape
-    if not (isinstance(batch_size, int) and 1 <= batch_size <= n):
-        raise ValueError(f"batch_size must be an integer in [1, n={n}], got {batch_size!r}")
+    n, d = _problem_shape(features, targets, batch_size)
     if not (eta > 0 and rho >= 0 and isinstance(n_steps, int) and n_steps >= 0):
         raise ValueError(f"need eta > 0, rho ≥ 0 and an integer n_steps ≥ 0, got {eta}, {rho}, {n_steps!r}")
     if math.comb(n, batch_size) > MAX_BATCHES:
@@ -266,3 +254,15 @@ def fit_contraction(gaps: Tensor, *, stop_below: float = 1e-12, steps: Tensor | 
     centred = t - t.mean()
     slope = float((centred * (log_gap - log_gap.mean())).sum() / (centred * centred).sum())
     return math.exp(slope)
+
+
+def _problem_shape(features: Tensor, targets: Tensor, batch_size: int) -> tuple[int, int]:
+    """(n, d) of a least-squares problem, after checking its shapes and that `batch_size` is an integer in [1, n]."""
+    if features.ndim != 2 or targets.shape != (features.shape[0],):
+        raise ValueError(
+            f"expected features (n, d) and targets (n,), got {tuple(features.shape)} and {tuple(targets.shape)}"
+        )
+    n, d = features.shape
+    if not (isinstance(batch_size, int) and 1 <= batch_size <= n):
+        raise ValueError(f"batch_size must be an integer in [1, n={n}], got {batch_size!r}")
+    return n, d
