@@ -20,3 +20,14 @@ def tiny_config():
     import copy
 
     return copy.deepcopy(TINY)
+
+
+def seed_study(name: str, tiny_config: dict, epochs: int = 2, seeds=(0, 1), train_subset: int | None = None):
+    """A study of SGD runs of the tiny config, one per seed (the fault tests' workload)."""
+    from samscale.spec.study import Study
+
+    base = {**tiny_config, "train": {**tiny_config["train"], "epochs": epochs}}
+    if train_subset:
+        base["data"] = {**base["data"], "train_subset": train_subset}
+    return Study.model_validate({"name": name, "base": base, "grid": {"train.seed": list(seeds)},
+                                 "arms": [{"name": "sgd", "set": {"optim.name": "sgd"}}]})

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import seed_study
 from samscale.errors import ClaimLost, ConfigError
 from samscale.process import machine_key
 from samscale.spec.run import build_spec
@@ -34,11 +35,7 @@ COLUMNS = ["run_id", "status", "final_train_loss", "final_val_acc", "final_test_
 
 
 def _study(tiny_config: dict, epochs: int = 2, seeds=(0, 1), train_subset: int | None = None) -> Study:
-    base = {**tiny_config, "train": {**tiny_config["train"], "epochs": epochs}}
-    if train_subset:
-        base["data"] = {**base["data"], "train_subset": train_subset}
-    return Study.model_validate({"name": "owned", "base": base, "grid": {"train.seed": list(seeds)},
-                                 "arms": [{"name": "sgd", "set": {"optim.name": "sgd"}}]})
+    return seed_study("owned", tiny_config, epochs, seeds, train_subset)
 
 
 def _table(workdir: Path):

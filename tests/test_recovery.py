@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import seed_study
 from samscale.fileio import is_temp_name
 from samscale.process import owner_tag
 from samscale.spec.study import Study
@@ -28,11 +29,7 @@ COLUMNS = ["run_id", "status", "final_train_loss", "final_val_acc", "final_test_
 
 
 def _study(tiny_config: dict, epochs: int = 2, seeds=(0, 1), train_subset: int | None = None) -> Study:
-    base = {**tiny_config, "train": {**tiny_config["train"], "epochs": epochs}}
-    if train_subset:
-        base["data"] = {**base["data"], "train_subset": train_subset}
-    return Study.model_validate({"name": "recovery", "base": base, "grid": {"train.seed": list(seeds)},
-                                 "arms": [{"name": "sgd", "set": {"optim.name": "sgd"}}]})
+    return seed_study("recovery", tiny_config, epochs, seeds, train_subset)
 
 
 def _table(workdir: Path):

@@ -204,7 +204,7 @@ def sweep_plot(sweep: pd.DataFrame, rule: SelectionRule) -> Plot | None:
         return None
     groups = list(_groups(drawn, rule))
     ncols = min(len(groups), 3)
-    fig = _figure(ncols, math.ceil(len(groups) / ncols))
+    fig = new_figure(ncols, math.ceil(len(groups) / ncols))
     log = bool((drawn[x].astype(float) > 0).all())
     symbol = "ρ" if x == "optim.rho" else x
     for index, (label, rows) in enumerate(groups, start=1):
@@ -249,7 +249,7 @@ def with_paper(table: pd.DataFrame, paper: pd.DataFrame | None, rule: SelectionR
 
 
 # -- shared drawing helpers ----------------------------------------------------------------------------------------
-def _figure(ncols: int = 1, nrows: int = 1) -> Figure:
+def new_figure(ncols: int = 1, nrows: int = 1) -> Figure:
     """A figure of ncols × nrows panels on the Agg canvas, with fixed margins (cheaper than a layout engine)."""
     width, height = FIGSIZE[0] * ncols, FIGSIZE[1] * nrows
     fig = Figure(figsize=(width, height))
@@ -260,7 +260,7 @@ def _figure(ncols: int = 1, nrows: int = 1) -> Figure:
 
 
 def _axes():
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     ax.set_xscale("log")
     return fig, ax

@@ -16,7 +16,7 @@ import pandas as pd
 
 from samscale.errors import ConfigError
 from samscale.fileio import write_text
-from samscale.report.figures import COLORS, Plot, _figure, save_plot
+from samscale.report.figures import COLORS, Plot, new_figure, save_plot
 from samscale.report.render import inline_svg
 from samscale.report.study_report import replace_folder
 from samscale.report.tables import html_table, markdown_table
@@ -87,7 +87,7 @@ def law_plot(fits: list[LawFit]) -> Plot:
     """One panel per task: ρ̂* against #params (log–log), the fitted law, the constant and μP-global."""
     ncols = min(3, max(1, len(fits)))
     nrows = max(1, math.ceil(len(fits) / ncols))
-    fig = _figure(ncols, nrows)
+    fig = new_figure(ncols, nrows)
     for i, fit in enumerate(fits):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         ax.set_xscale("log")

@@ -15,7 +15,7 @@ import pandas as pd
 from samscale.experiments.common import Progress, write_json
 from samscale.experiments.cost.table import KEEP, cost_table, keeps_summary
 from samscale.experiments.stability.report import ReportSection, write_pages
-from samscale.report.figures import COLORS, Plot, _figure
+from samscale.report.figures import COLORS, Plot, new_figure
 from samscale.report.study_report import replace_folder
 from samscale.spec.study import Study
 from samscale.store import RunStore
@@ -74,7 +74,7 @@ def write_cost_report(out: str | Path, study: Study, *, command: str, sweep_seco
 def gain_plot(table: pd.DataFrame) -> Plot:
     """One panel per size: each arm's gain over SGD against its gradient evaluations; -matched arms hollow."""
     sizes = list(dict.fromkeys(table["model.size"]))
-    fig = _figure(len(sizes), 1)
+    fig = new_figure(len(sizes), 1)
     names = sorted({arm.removesuffix("-matched") for arm in table["arm"]})
     color = {name: COLORS[i % len(COLORS)] for i, name in enumerate(names)}
     for i, size in enumerate(sizes):
